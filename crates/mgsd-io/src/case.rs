@@ -41,7 +41,9 @@ impl CaseFiles {
     /// The modalities this case has files for.
     pub fn modalities(&self) -> ModalitySet {
         match &self.images {
-            ImageSource::PerModality(files) => ModalitySet::of(&files.keys().copied().collect::<Vec<_>>()),
+            ImageSource::PerModality(files) => {
+                ModalitySet::of(&files.keys().copied().collect::<Vec<_>>())
+            }
             ImageSource::Stacked { order, .. } => ModalitySet::of(order),
         }
     }
@@ -67,8 +69,10 @@ impl CaseFiles {
         let images: BTreeMap<Modality, Volume> = match &self.images {
             ImageSource::PerModality(files) => {
                 use rayon::prelude::*;
-                let loaded: Vec<(Modality, Result<Volume>)> =
-                    files.par_iter().map(|(&m, p)| (m, nifti::read_volume(p))).collect();
+                let loaded: Vec<(Modality, Result<Volume>)> = files
+                    .par_iter()
+                    .map(|(&m, p)| (m, nifti::read_volume(p)))
+                    .collect();
                 let mut out = BTreeMap::new();
                 for (m, v) in loaded {
                     out.insert(m, v?);
@@ -105,15 +109,24 @@ impl CaseFiles {
                         ));
                     }
                 }
-                Some(self.scheme.to_canonical(&raw.data, &path.display().to_string())?)
+                Some(
+                    self.scheme
+                        .to_canonical(&raw.data, &path.display().to_string())?,
+                )
             }
         };
-        Ok(Case { id: self.id.clone(), images, label })
+        Ok(Case {
+            id: self.id.clone(),
+            images,
+            label,
+        })
     }
 
     fn file_of(&self, m: Modality) -> &Path {
         match &self.images {
-            ImageSource::PerModality(files) => files.get(&m).map_or(Path::new("?"), PathBuf::as_path),
+            ImageSource::PerModality(files) => {
+                files.get(&m).map_or(Path::new("?"), PathBuf::as_path)
+            }
             ImageSource::Stacked { path, .. } => path,
         }
     }

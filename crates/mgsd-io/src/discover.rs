@@ -68,7 +68,10 @@ pub struct Dataset {
 /// looked for).
 pub fn discover(root: &Path) -> Result<Dataset> {
     if !root.is_dir() {
-        return Err(Error::Layout { path: root.to_path_buf(), message: "is not a folder".into() });
+        return Err(Error::Layout {
+            path: root.to_path_buf(),
+            message: "is not a folder".into(),
+        });
     }
     for dir in candidate_roots(root)? {
         if dir.join("imagesTr").is_dir() {
@@ -106,8 +109,17 @@ pub fn discover_case(dir: &Path) -> Result<CaseFiles> {
             ),
         ));
     }
-    let scheme = if files.keys().any(|_| uses_2023_names(dir)) { LabelScheme::Brats2023 } else { LabelScheme::Brats2018 };
-    Ok(CaseFiles { id, images: ImageSource::PerModality(files), label, scheme })
+    let scheme = if files.keys().any(|_| uses_2023_names(dir)) {
+        LabelScheme::Brats2023
+    } else {
+        LabelScheme::Brats2018
+    };
+    Ok(CaseFiles {
+        id,
+        images: ImageSource::PerModality(files),
+        label,
+        scheme,
+    })
 }
 
 /// `root`, its subfolders and their subfolders, breadth first, sorted.
@@ -139,25 +151,34 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn is_hidden(path: &Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 fn nifti_stem(name: &str) -> Option<&str> {
-    name.strip_suffix(".nii.gz").or_else(|| name.strip_suffix(".nii"))
+    name.strip_suffix(".nii.gz")
+        .or_else(|| name.strip_suffix(".nii"))
 }
 
 fn uses_2023_names(dir: &Path) -> bool {
-    fs::read_dir(dir).map(|rd| {
-        rd.flatten().any(|e| {
-            let n = e.file_name().to_string_lossy().to_ascii_lowercase();
-            n.ends_with("-t1n.nii.gz") || n.ends_with("-t2f.nii.gz") || n.ends_with("-t1n.nii") || n.ends_with("-t2f.nii")
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                let n = e.file_name().to_string_lossy().to_ascii_lowercase();
+                n.ends_with("-t1n.nii.gz")
+                    || n.ends_with("-t2f.nii.gz")
+                    || n.ends_with("-t1n.nii")
+                    || n.ends_with("-t2f.nii")
+            })
         })
-    })
-    .unwrap_or(false)
+        .unwrap_or(false)
 }
 
 type Classified = (BTreeMap<Modality, PathBuf>, Option<PathBuf>, Vec<String>);
@@ -168,23 +189,40 @@ fn classify_files(dir: &Path) -> Result<Classified> {
     let mut label = None;
     let mut unknown = Vec::new();
     let mut problems = Vec::new();
-    let mut entries: Vec<PathBuf> =
-        fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for path in entries {
         let name = file_name(&path);
         if name.starts_with("._") || !path.is_file() {
             continue;
         }
-        let Some(stem) = nifti_stem(&name) else { continue };
-        let suffix = stem.rsplit(['_', '-']).next().unwrap_or(stem).to_ascii_lowercase();
+        let Some(stem) = nifti_stem(&name) else {
+            continue;
+        };
+        let suffix = stem
+            .rsplit(['_', '-'])
+            .next()
+            .unwrap_or(stem)
+            .to_ascii_lowercase();
         if suffix == "seg" || suffix == "segm" {
             if let Some(previous) = label.replace(path.clone()) {
-                problems.push(format!("two label files: {} and {}", file_name(&previous), name));
+                problems.push(format!(
+                    "two label files: {} and {}",
+                    file_name(&previous),
+                    name
+                ));
             }
         } else if let Ok(m) = suffix.parse::<Modality>() {
             if let Some(previous) = files.insert(m, path.clone()) {
-                problems.push(format!("two {m} files: {} and {}", file_name(&previous), name));
+                problems.push(format!(
+                    "two {m} files: {} and {}",
+                    file_name(&previous),
+                    name
+                ));
             }
         } else {
             unknown.push(path);
@@ -193,8 +231,10 @@ fn classify_files(dir: &Path) -> Result<Classified> {
     // BraTS 2020 case 355: its label is misnamed `W39_1998.09.19_Segm.nii` in the common
     // mirror. Any single unrecognised NIfTI whose name contains "seg" stands in for the label.
     if label.is_none() {
-        let segs: Vec<&PathBuf> =
-            unknown.iter().filter(|p| file_name(p).to_ascii_lowercase().contains("seg")).collect();
+        let segs: Vec<&PathBuf> = unknown
+            .iter()
+            .filter(|p| file_name(p).to_ascii_lowercase().contains("seg"))
+            .collect();
         if let [only] = segs.as_slice() {
             tracing::warn!(file = %only.display(), "using a misnamed label file");
             label = Some((*only).clone());
@@ -241,15 +281,27 @@ fn discover_case_folders(dir: &Path) -> Result<Dataset> {
         let layout = layout_of(&id, &parent, uses_2023_names(&case_dir));
         layouts.push(layout);
         if files.len() < 4 {
-            let missing: Vec<String> =
-                Modality::ALL.iter().filter(|m| !files.contains_key(m)).map(|m| m.to_string()).collect();
+            let missing: Vec<String> = Modality::ALL
+                .iter()
+                .filter(|m| !files.contains_key(m))
+                .map(|m| m.to_string())
+                .collect();
             case_problems.push(format!("missing modality file(s): {}", missing.join(", ")));
         }
         if label.is_none() {
             case_problems.push("no label file".to_string());
         }
-        problems.extend(case_problems.into_iter().map(|p| format!("case {id} ({}): {p}", case_dir.display())));
-        cases.push(CaseFiles { id, images: ImageSource::PerModality(files), label, scheme: layout.label_scheme() });
+        problems.extend(
+            case_problems
+                .into_iter()
+                .map(|p| format!("case {id} ({}): {p}", case_dir.display())),
+        );
+        cases.push(CaseFiles {
+            id,
+            images: ImageSource::PerModality(files),
+            label,
+            scheme: layout.label_scheme(),
+        });
     }
     layouts.sort_by_key(|l| *l as u8);
     layouts.dedup();
@@ -269,7 +321,12 @@ fn discover_case_folders(dir: &Path) -> Result<Dataset> {
     };
     cases.sort_by(|a, b| a.id.cmp(&b.id));
     check_unique_ids(dir, &cases)?;
-    Ok(Dataset { root: dir.to_path_buf(), layout, cases, problems })
+    Ok(Dataset {
+        root: dir.to_path_buf(),
+        layout,
+        cases,
+        problems,
+    })
 }
 
 fn check_unique_ids(dir: &Path, cases: &[CaseFiles]) -> Result<()> {
@@ -288,7 +345,10 @@ fn check_unique_ids(dir: &Path, cases: &[CaseFiles]) -> Result<()> {
 fn discover_msd(dir: &Path) -> Result<Dataset> {
     let mut problems = Vec::new();
     if !dir.join("dataset.json").is_file() {
-        problems.push(format!("{}: no dataset.json (channel order assumed FLAIR, T1w, T1gd, T2w)", dir.display()));
+        problems.push(format!(
+            "{}: no dataset.json (channel order assumed FLAIR, T1w, T1gd, T2w)",
+            dir.display()
+        ));
     }
     let mut cases = Vec::new();
     for (images, labels) in [("imagesTr", Some("labelsTr")), ("imagesTs", None)] {
@@ -296,27 +356,38 @@ fn discover_msd(dir: &Path) -> Result<Dataset> {
         if !image_dir.is_dir() {
             continue;
         }
-        let mut entries: Vec<PathBuf> =
-            fs::read_dir(&image_dir).map_err(|e| Error::io(&image_dir, e))?.flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<PathBuf> = fs::read_dir(&image_dir)
+            .map_err(|e| Error::io(&image_dir, e))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         entries.sort();
         for path in entries {
             let name = file_name(&path);
             if name.starts_with("._") || name.starts_with('.') {
                 continue;
             }
-            let Some(stem) = nifti_stem(&name) else { continue };
+            let Some(stem) = nifti_stem(&name) else {
+                continue;
+            };
             let label = labels.map(|l| dir.join(l).join(&name));
             let label = match label {
                 Some(l) if l.is_file() => Some(l),
                 Some(l) => {
-                    problems.push(format!("case {stem}: label file {} is missing", l.display()));
+                    problems.push(format!(
+                        "case {stem}: label file {} is missing",
+                        l.display()
+                    ));
                     None
                 }
                 None => None,
             };
             cases.push(CaseFiles {
                 id: stem.to_string(),
-                images: ImageSource::Stacked { path: path.clone(), order: MSD_CHANNEL_ORDER.to_vec() },
+                images: ImageSource::Stacked {
+                    path: path.clone(),
+                    order: MSD_CHANNEL_ORDER.to_vec(),
+                },
                 label,
                 scheme: LabelScheme::Msd,
             });
@@ -324,5 +395,10 @@ fn discover_msd(dir: &Path) -> Result<Dataset> {
     }
     cases.sort_by(|a, b| a.id.cmp(&b.id));
     check_unique_ids(dir, &cases)?;
-    Ok(Dataset { root: dir.to_path_buf(), layout: DatasetLayout::Msd, cases, problems })
+    Ok(Dataset {
+        root: dir.to_path_buf(),
+        layout: DatasetLayout::Msd,
+        cases,
+        problems,
+    })
 }
