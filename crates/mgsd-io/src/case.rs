@@ -69,10 +69,8 @@ impl CaseFiles {
         let images: BTreeMap<Modality, Volume> = match &self.images {
             ImageSource::PerModality(files) => {
                 use rayon::prelude::*;
-                let loaded: Vec<(Modality, Result<Volume>)> = files
-                    .par_iter()
-                    .map(|(&m, p)| (m, nifti::read_volume(p)))
-                    .collect();
+                let loaded: Vec<(Modality, Result<Volume>)> =
+                    files.par_iter().map(|(&m, p)| (m, nifti::read_volume(p))).collect();
                 let mut out = BTreeMap::new();
                 for (m, v) in loaded {
                     out.insert(m, v?);
@@ -109,17 +107,10 @@ impl CaseFiles {
                         ));
                     }
                 }
-                Some(
-                    self.scheme
-                        .to_canonical(&raw.data, &path.display().to_string())?,
-                )
+                Some(self.scheme.to_canonical(&raw.data, &path.display().to_string())?)
             }
         };
-        Ok(Case {
-            id: self.id.clone(),
-            images,
-            label,
-        })
+        Ok(Case { id: self.id.clone(), images, label })
     }
 
     fn file_of(&self, m: Modality) -> &Path {

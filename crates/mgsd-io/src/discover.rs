@@ -68,10 +68,7 @@ pub struct Dataset {
 /// looked for).
 pub fn discover(root: &Path) -> Result<Dataset> {
     if !root.is_dir() {
-        return Err(Error::Layout {
-            path: root.to_path_buf(),
-            message: "is not a folder".into(),
-        });
+        return Err(Error::Layout { path: root.to_path_buf(), message: "is not a folder".into() });
     }
     for dir in candidate_roots(root)? {
         if dir.join("imagesTr").is_dir() {
@@ -114,12 +111,7 @@ pub fn discover_case(dir: &Path) -> Result<CaseFiles> {
     } else {
         LabelScheme::Brats2018
     };
-    Ok(CaseFiles {
-        id,
-        images: ImageSource::PerModality(files),
-        label,
-        scheme,
-    })
+    Ok(CaseFiles { id, images: ImageSource::PerModality(files), label, scheme })
 }
 
 /// `root`, its subfolders and their subfolders, breadth first, sorted.
@@ -151,9 +143,7 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn is_hidden(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
 }
 
 fn file_name(path: &Path) -> String {
@@ -163,8 +153,7 @@ fn file_name(path: &Path) -> String {
 }
 
 fn nifti_stem(name: &str) -> Option<&str> {
-    name.strip_suffix(".nii.gz")
-        .or_else(|| name.strip_suffix(".nii"))
+    name.strip_suffix(".nii.gz").or_else(|| name.strip_suffix(".nii"))
 }
 
 fn uses_2023_names(dir: &Path) -> bool {
@@ -189,11 +178,8 @@ fn classify_files(dir: &Path) -> Result<Classified> {
     let mut label = None;
     let mut unknown = Vec::new();
     let mut problems = Vec::new();
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let mut entries: Vec<PathBuf> =
+        fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten().map(|e| e.path()).collect();
     entries.sort();
     for path in entries {
         let name = file_name(&path);
@@ -203,26 +189,14 @@ fn classify_files(dir: &Path) -> Result<Classified> {
         let Some(stem) = nifti_stem(&name) else {
             continue;
         };
-        let suffix = stem
-            .rsplit(['_', '-'])
-            .next()
-            .unwrap_or(stem)
-            .to_ascii_lowercase();
+        let suffix = stem.rsplit(['_', '-']).next().unwrap_or(stem).to_ascii_lowercase();
         if suffix == "seg" || suffix == "segm" {
             if let Some(previous) = label.replace(path.clone()) {
-                problems.push(format!(
-                    "two label files: {} and {}",
-                    file_name(&previous),
-                    name
-                ));
+                problems.push(format!("two label files: {} and {}", file_name(&previous), name));
             }
         } else if let Ok(m) = suffix.parse::<Modality>() {
             if let Some(previous) = files.insert(m, path.clone()) {
-                problems.push(format!(
-                    "two {m} files: {} and {}",
-                    file_name(&previous),
-                    name
-                ));
+                problems.push(format!("two {m} files: {} and {}", file_name(&previous), name));
             }
         } else {
             unknown.push(path);
@@ -231,10 +205,8 @@ fn classify_files(dir: &Path) -> Result<Classified> {
     // BraTS 2020 case 355: its label is misnamed `W39_1998.09.19_Segm.nii` in the common
     // mirror. Any single unrecognised NIfTI whose name contains "seg" stands in for the label.
     if label.is_none() {
-        let segs: Vec<&PathBuf> = unknown
-            .iter()
-            .filter(|p| file_name(p).to_ascii_lowercase().contains("seg"))
-            .collect();
+        let segs: Vec<&PathBuf> =
+            unknown.iter().filter(|p| file_name(p).to_ascii_lowercase().contains("seg")).collect();
         if let [only] = segs.as_slice() {
             tracing::warn!(file = %only.display(), "using a misnamed label file");
             label = Some((*only).clone());
@@ -292,9 +264,7 @@ fn discover_case_folders(dir: &Path) -> Result<Dataset> {
             case_problems.push("no label file".to_string());
         }
         problems.extend(
-            case_problems
-                .into_iter()
-                .map(|p| format!("case {id} ({}): {p}", case_dir.display())),
+            case_problems.into_iter().map(|p| format!("case {id} ({}): {p}", case_dir.display())),
         );
         cases.push(CaseFiles {
             id,
@@ -321,12 +291,7 @@ fn discover_case_folders(dir: &Path) -> Result<Dataset> {
     };
     cases.sort_by(|a, b| a.id.cmp(&b.id));
     check_unique_ids(dir, &cases)?;
-    Ok(Dataset {
-        root: dir.to_path_buf(),
-        layout,
-        cases,
-        problems,
-    })
+    Ok(Dataset { root: dir.to_path_buf(), layout, cases, problems })
 }
 
 fn check_unique_ids(dir: &Path, cases: &[CaseFiles]) -> Result<()> {
@@ -374,10 +339,7 @@ fn discover_msd(dir: &Path) -> Result<Dataset> {
             let label = match label {
                 Some(l) if l.is_file() => Some(l),
                 Some(l) => {
-                    problems.push(format!(
-                        "case {stem}: label file {} is missing",
-                        l.display()
-                    ));
+                    problems.push(format!("case {stem}: label file {} is missing", l.display()));
                     None
                 }
                 None => None,
@@ -395,10 +357,5 @@ fn discover_msd(dir: &Path) -> Result<Dataset> {
     }
     cases.sort_by(|a, b| a.id.cmp(&b.id));
     check_unique_ids(dir, &cases)?;
-    Ok(Dataset {
-        root: dir.to_path_buf(),
-        layout: DatasetLayout::Msd,
-        cases,
-        problems,
-    })
+    Ok(Dataset { root: dir.to_path_buf(), layout: DatasetLayout::Msd, cases, problems })
 }

@@ -75,25 +75,16 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// A NIfTI format error for `path`.
     pub fn nifti(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Nifti {
-            path: path.into(),
-            message: message.into(),
-        }
+        Error::Nifti { path: path.into(), message: message.into() }
     }
 
     /// A case-level error for `case`.
     pub fn case(case: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Case {
-            case: case.into(),
-            message: message.into(),
-        }
+        Error::Case { case: case.into(), message: message.into() }
     }
 }

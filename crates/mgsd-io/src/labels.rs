@@ -63,7 +63,7 @@ impl LabelScheme {
         }
         let mut out = Vec::with_capacity(values.len());
         for &v in values {
-            let mapped = if v >= 0.0 && v < 256.0 && v.fract() == 0.0 {
+            let mapped = if (0.0..256.0).contains(&v) && v.fract() == 0.0 {
                 lut[v as usize]
             } else {
                 u8::MAX
@@ -105,17 +105,10 @@ impl LabelScheme {
     }
 
     fn unknown(self, values: &[f32], v: f32, context: &str) -> Error {
-        let count = values
-            .iter()
-            .filter(|&&x| x == v || (x.is_nan() && v.is_nan()))
-            .count();
+        let count = values.iter().filter(|&&x| x == v || (x.is_nan() && v.is_nan())).count();
         Error::UnknownLabel {
             context: context.to_string(),
-            value: if v.is_finite() {
-                v.round() as i64
-            } else {
-                i64::MIN
-            },
+            value: if v.is_finite() { v.round() as i64 } else { i64::MIN },
             count,
             scheme: self.name(),
         }
@@ -189,7 +182,7 @@ pub fn target_channels(labels: &[u8]) -> Vec<f32> {
 /// # Errors
 /// If `probabilities.len()` is not a multiple of 3.
 pub fn labels_from_channels(probabilities: &[f32]) -> Result<Vec<u8>> {
-    if probabilities.len() % 3 != 0 {
+    if !probabilities.len().is_multiple_of(3) {
         return Err(Error::InvalidArgument(format!(
             "labels_from_channels needs 3 channels, got {} values",
             probabilities.len()
@@ -218,11 +211,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SCHEMES: [LabelScheme; 3] = [
-        LabelScheme::Brats2018,
-        LabelScheme::Brats2023,
-        LabelScheme::Msd,
-    ];
+    const SCHEMES: [LabelScheme; 3] =
+        [LabelScheme::Brats2018, LabelScheme::Brats2023, LabelScheme::Msd];
 
     proptest! {
         #[test]
@@ -243,9 +233,8 @@ mod tests {
 
     #[test]
     fn unknown_labels_are_errors() {
-        let err = LabelScheme::Brats2018
-            .to_canonical(&[0.0, 3.0, 3.0, 1.0], "seg.nii.gz")
-            .unwrap_err();
+        let err =
+            LabelScheme::Brats2018.to_canonical(&[0.0, 3.0, 3.0, 1.0], "seg.nii.gz").unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("seg.nii.gz") && msg.contains("label value 3") && msg.contains("2 voxels"),
@@ -253,16 +242,12 @@ mod tests {
         );
         assert!(LabelScheme::Msd.to_canonical(&[4.0], "x").is_err());
         assert!(LabelScheme::Brats2018.to_canonical(&[1.5], "x").is_err());
-        assert!(LabelScheme::Brats2018
-            .to_canonical(&[f32::NAN], "x")
-            .is_err());
+        assert!(LabelScheme::Brats2018.to_canonical(&[f32::NAN], "x").is_err());
     }
 
     #[test]
     fn msd_mapping_is_explicit() {
-        let c = LabelScheme::Msd
-            .to_canonical(&[0.0, 1.0, 2.0, 3.0], "x")
-            .unwrap();
+        let c = LabelScheme::Msd.to_canonical(&[0.0, 1.0, 2.0, 3.0], "x").unwrap();
         assert_eq!(c, vec![0, EDEMA, NCR_NET, ENHANCING]);
         let c = LabelScheme::Brats2023.to_canonical(&[3.0], "x").unwrap();
         assert_eq!(c, vec![ENHANCING]);

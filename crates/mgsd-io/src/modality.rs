@@ -136,12 +136,7 @@ impl ModalitySet {
     /// The set described by a 0/1 channel mask in `order` (non-zero = present).
     pub fn from_channel_mask(mask: &[f32; 4], order: &[Modality; 4]) -> Self {
         ModalitySet::of(
-            &order
-                .iter()
-                .zip(mask)
-                .filter(|(_, &r)| r != 0.0)
-                .map(|(&m, _)| m)
-                .collect::<Vec<_>>(),
+            &order.iter().zip(mask).filter(|(_, &r)| r != 0.0).map(|(&m, _)| m).collect::<Vec<_>>(),
         )
     }
 
@@ -190,11 +185,8 @@ impl fmt::Display for ModalitySet {
         }
         // Print in the literature's FLAIR, T1ce, T1, T2 order.
         let order = [Modality::Flair, Modality::T1ce, Modality::T1, Modality::T2];
-        let names: Vec<String> = order
-            .iter()
-            .filter(|m| self.contains(**m))
-            .map(|m| m.to_string())
-            .collect();
+        let names: Vec<String> =
+            order.iter().filter(|m| self.contains(**m)).map(|m| m.to_string()).collect();
         f.write_str(&names.join("+"))
     }
 }
@@ -247,10 +239,7 @@ mod tests {
             assert_eq!(ModalitySet::from_channel_mask(&mask, &ACN_CHANNEL_ORDER), s);
         }
         let t1ce_only = ModalitySet::of(&[Modality::T1ce]);
-        assert_eq!(
-            t1ce_only.channel_mask(&ACN_CHANNEL_ORDER),
-            [0.0, 0.0, 0.0, 1.0]
-        );
+        assert_eq!(t1ce_only.channel_mask(&ACN_CHANNEL_ORDER), [0.0, 0.0, 0.0, 1.0]);
     }
 
     #[test]

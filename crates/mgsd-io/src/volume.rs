@@ -14,12 +14,8 @@ use crate::error::{Error, Result};
 pub type Affine = [[f64; 4]; 4];
 
 /// The identity affine.
-pub const IDENTITY_AFFINE: Affine = [
-    [1.0, 0.0, 0.0, 0.0],
-    [0.0, 1.0, 0.0, 0.0],
-    [0.0, 0.0, 1.0, 0.0],
-    [0.0, 0.0, 0.0, 1.0],
-];
+pub const IDENTITY_AFFINE: Affine =
+    [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
 
 /// The header fields of the file a volume was read from that are needed to write a result
 /// back "in the same space": a segmentation saved with this header overlays the scan in
@@ -81,21 +77,12 @@ impl Volume {
                 actual: vec![data.len()],
             });
         }
-        Ok(Volume {
-            data,
-            shape,
-            spacing: [1.0; 3],
-            affine: IDENTITY_AFFINE,
-            source: None,
-        })
+        Ok(Volume { data, shape, spacing: [1.0; 3], affine: IDENTITY_AFFINE, source: None })
     }
 
     /// A zero-filled volume on the same grid (shape, spacing, affine, header) as `self`.
     pub fn zeros_like(&self) -> Self {
-        Volume {
-            data: vec![0.0; self.data.len()],
-            ..self.clone_meta()
-        }
+        Volume { data: vec![0.0; self.data.len()], ..self.clone_meta() }
     }
 
     /// Same grid as `self`, with new voxels.
@@ -110,10 +97,7 @@ impl Volume {
                 actual: vec![data.len()],
             });
         }
-        Ok(Volume {
-            data,
-            ..self.clone_meta()
-        })
+        Ok(Volume { data, ..self.clone_meta() })
     }
 
     fn clone_meta(&self) -> Self {
@@ -152,11 +136,7 @@ impl Volume {
     /// within 1e-4 (mm). Modalities of one case must share a grid.
     pub fn same_grid(&self, other: &Volume) -> bool {
         self.shape == other.shape
-            && self
-                .spacing
-                .iter()
-                .zip(other.spacing)
-                .all(|(a, b)| (a - b).abs() <= 1e-4)
+            && self.spacing.iter().zip(other.spacing).all(|(a, b)| (a - b).abs() <= 1e-4)
             && self
                 .affine
                 .iter()

@@ -42,24 +42,12 @@ fn brats2020_with_misnamed_case_355_label() {
     let root = tmp.path().join("MICCAI_BraTS2020_TrainingData");
     brats_case(&root, "BraTS20_Training_001", "_", &OLD);
     brats_case(&root, "BraTS20_Training_355", "_", &OLD[..4]);
-    touch(
-        &root
-            .join("BraTS20_Training_355")
-            .join("W39_1998.09.19_Segm.nii"),
-    );
+    touch(&root.join("BraTS20_Training_355").join("W39_1998.09.19_Segm.nii"));
     touch(&root.join("name_mapping.csv"));
     let ds = discover(tmp.path()).unwrap();
     assert_eq!(ds.layout, DatasetLayout::Brats2020);
-    let c355 = ds
-        .cases
-        .iter()
-        .find(|c| c.id == "BraTS20_Training_355")
-        .unwrap();
-    assert!(c355
-        .label
-        .as_ref()
-        .unwrap()
-        .ends_with("W39_1998.09.19_Segm.nii"));
+    let c355 = ds.cases.iter().find(|c| c.id == "BraTS20_Training_355").unwrap();
+    assert!(c355.label.as_ref().unwrap().ends_with("W39_1998.09.19_Segm.nii"));
     assert!(ds.problems.is_empty(), "{:?}", ds.problems);
 }
 
@@ -76,12 +64,7 @@ fn brats2021_flat() {
 #[test]
 fn brats2023_names_and_labels() {
     let tmp = tempfile::tempdir().unwrap();
-    brats_case(
-        tmp.path(),
-        "BraTS-GLI-00000-000",
-        "-",
-        &["t1n", "t1c", "t2w", "t2f", "seg"],
-    );
+    brats_case(tmp.path(), "BraTS-GLI-00000-000", "-", &["t1n", "t1c", "t2w", "t2f", "seg"]);
     let ds = discover(tmp.path()).unwrap();
     assert_eq!(ds.layout, DatasetLayout::Brats2023);
     let case = &ds.cases[0];
@@ -112,10 +95,7 @@ fn msd_task01_skips_resource_forks() {
     let ImageSource::Stacked { order, .. } = &ds.cases[0].images else {
         panic!("expected a 4-D file")
     };
-    assert_eq!(
-        order,
-        &[Modality::Flair, Modality::T1, Modality::T1ce, Modality::T2]
-    );
+    assert_eq!(order, &[Modality::Flair, Modality::T1, Modality::T1ce, Modality::T2]);
 }
 
 #[test]
@@ -137,10 +117,7 @@ fn empty_or_missing_folders_are_clear_errors() {
     let err = discover(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("no dataset found"), "{err}");
     let err = discover(&tmp.path().join("nope")).unwrap_err().to_string();
-    assert!(
-        err.contains("nope") && err.contains("not a folder"),
-        "{err}"
-    );
+    assert!(err.contains("nope") && err.contains("not a folder"), "{err}");
 }
 
 #[test]
@@ -151,8 +128,5 @@ fn single_case_folder_for_prediction() {
     assert_eq!(case.modalities().len(), 2);
     assert!(case.label.is_none());
     let err = discover_case(tmp.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("no NIfTI file named after a modality"),
-        "{err}"
-    );
+    assert!(err.contains("no NIfTI file named after a modality"), "{err}");
 }
