@@ -66,16 +66,35 @@ impl CaseFiles {
     /// Unreadable files (naming them), grids that differ (naming both files and their shapes),
     /// unknown label values (naming the file).
     pub fn load(&self) -> Result<Case> {
-        let images: BTreeMap<Modality, Volume> = match &self.images {
+        // Images and label decode concurrently: gzip inflation dominates loading.
+        let (images, raw_label) = rayon::join(
+            || self.load_images(),
+            || self.label.as_deref().map(|path| nifti::read_volume(path).map(|v| (path, v))),
+        );
+        let images = images?;
+        self.check_grids(&images)?;
+        let label = match raw_label.transpose()? {
+            None => None,
+            Some((path, raw)) => {
+                if let Some((m, first)) = images.iter().next() {
+                    if !first.same_grid(&raw) {
+                        return Err(self.grid_mismatch(
+                            (&m.to_string(), self.file_of(*m), first),
+                            ("label", path, &raw),
+                        ));
+                    }
+                }
+                Some(self.scheme.to_canonical(&raw.data, &path.display().to_string())?)
+            }
+        };
+        Ok(Case { id: self.id.clone(), images, label })
+    }
+
+    fn load_images(&self) -> Result<BTreeMap<Modality, Volume>> {
+        match &self.images {
             ImageSource::PerModality(files) => {
                 use rayon::prelude::*;
-                let loaded: Vec<(Modality, Result<Volume>)> =
-                    files.par_iter().map(|(&m, p)| (m, nifti::read_volume(p))).collect();
-                let mut out = BTreeMap::new();
-                for (m, v) in loaded {
-                    out.insert(m, v?);
-                }
-                out
+                files.par_iter().map(|(&m, p)| nifti::read_volume(p).map(|v| (m, v))).collect()
             }
             ImageSource::Stacked { path, order } => {
                 let volumes = nifti::read_channels(path)?;
@@ -91,26 +110,9 @@ impl CaseFiles {
                         ),
                     ));
                 }
-                order.iter().copied().zip(volumes).collect()
+                Ok(order.iter().copied().zip(volumes).collect())
             }
-        };
-        self.check_grids(&images)?;
-        let label = match &self.label {
-            None => None,
-            Some(path) => {
-                let raw = nifti::read_volume(path)?;
-                if let Some((m, first)) = images.iter().next() {
-                    if !first.same_grid(&raw) {
-                        return Err(self.grid_mismatch(
-                            (&m.to_string(), self.file_of(*m), first),
-                            ("label", path, &raw),
-                        ));
-                    }
-                }
-                Some(self.scheme.to_canonical(&raw.data, &path.display().to_string())?)
-            }
-        };
-        Ok(Case { id: self.id.clone(), images, label })
+        }
     }
 
     fn file_of(&self, m: Modality) -> &Path {

@@ -183,7 +183,7 @@ impl<'p> Source<'p> {
         let [nx, ny, nz] = shape;
         let slice = nx * ny * esize;
         let per_slab = slices_per_slab(slice, nz);
-        let mut out = vec![0f32; nx * ny * nz];
+        let mut out = crate::buffer::zeroed::<f32>(nx * ny * nz);
         let mut cur = vec![0u8; per_slab * slice];
         let mut next = vec![0u8; if per_slab < nz { per_slab * slice } else { 0 }];
         let big = info.endianness == super::header::Endianness::Big;
