@@ -1,0 +1,99 @@
+//! Times one full MGSD training step on the CPU: teacher pass, two student passes, the
+//! distillation heads, backward, the segmenter's and the discriminator's optimiser steps and
+//! the EMA update. The PyTorch twin is `bench/mgsd_step_vs_pytorch.py`; run both with
+//! `bench/mgsd_step_vs_pytorch.sh`.
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo run --release -p mgsd-distill --example step-bench -- \
+//!     [--width 8] [--patch 64,64,32] [--warmup 1] [--steps 3]
+//! ```
+//! Prints one JSON object: `{"median_s": …, "steps_s": […], …}`.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use mgsd_distill::{MgsdConfig, MgsdObjective, ModalityMask};
+
+struct Args {
+    width: usize,
+    patch: [usize; 3],
+    warmup: usize,
+    steps: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args { width: 8, patch: [64, 64, 32], warmup: 1, steps: 3 };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
+        let num = |s: &str| s.parse::<usize>().map_err(|e| format!("{k} {s}: {e}"));
+        match k.as_str() {
+            "--width" => a.width = num(&v)?,
+            "--warmup" => a.warmup = num(&v)?,
+            "--steps" => a.steps = num(&v)?.max(1),
+            "--patch" => {
+                let p: Vec<usize> = v.split(',').map(num).collect::<Result<_, _>>()?;
+                a.patch = p.try_into().map_err(|_| format!("--patch {v}: want D,H,W"))?;
+            }
+            _ => return Err(format!("unknown argument {k}")),
+        }
+    }
+    Ok(a)
+}
+
+fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
+    let dev = Device::Cpu;
+    let cfg = MgsdConfig { width: a.width, ..MgsdConfig::default() };
+    let mut obj = MgsdObjective::new(cfg, &dev, true)?;
+    let [d, h, w] = a.patch;
+    let x = Tensor::rand(0f32, 1.0, (1, 4, d, h, w), &dev)?;
+    let y = Tensor::rand(0f32, 1.0, (1, 3, d, h, w), &dev)?.ge(0.8)?.to_dtype(DType::F32)?;
+    let r = ModalityMask::new([1.0, 0.0, 1.0, 0.0])?;
+    let mut opt = AdamW::new(
+        obj.student_vars().all_vars(),
+        ParamsAdamW { lr: 1e-4, weight_decay: 1e-5, ..Default::default() },
+    )?;
+    let d_vars = obj.discriminator_vars().map(|v| v.all_vars()).unwrap_or_default();
+    let mut opt_d = AdamW::new(
+        d_vars,
+        ParamsAdamW { lr: 1e-4, beta2: 0.99, weight_decay: 0.0, ..Default::default() },
+    )?;
+    let mut times = Vec::new();
+    for step in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        let terms = obj.step_losses(&x, &y, &r, true)?;
+        let grads = terms.total.backward()?;
+        opt.step(&grads)?;
+        drop(grads);
+        obj.update_teacher(step as u64)?;
+        if let Some(dl) = obj.discriminator_loss(&terms)? {
+            opt_d.step(&dl.backward()?)?;
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        if step >= a.warmup {
+            times.push(dt);
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    Ok(format!(
+        "{{\"impl\": \"candle\", \"width\": {}, \"patch\": {:?}, \"median_s\": {median:.4}, \"steps_s\": {times:?}}}",
+        a.width, a.patch
+    ))
+}
+
+fn main() -> ExitCode {
+    match parse().map_err(Into::into).and_then(|a| run(&a)) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! CUDA kernels of MGSD: fused multi-head cross-attention for "many queries, few keys"
+//! (MGSD-SPEC §5; issue 7).
+//!
+//! The queries are the voxels of a style map (7 680 for the reference patch, up to ~10⁵), the
+//! keys a modality's token grid (120 for the reference patch, at most 1 024), head dim 32 or
+//! 64, layout `(B, H, N, dh)` contiguous, f32 or bf16 storage with f32 accumulation. Two
+//! variants, forward and backward:
+//!
+//! - **no softmax** (what MGSD uses): `out = (q kᵀ)·scale · v`, computed as `q (kᵀ v)·scale`,
+//!   linear in the number of queries, the `Nq × Nk` matrix never formed;
+//! - **softmax**: `softmax((q kᵀ)·scale) v` with keys and values staged through shared memory
+//!   and an online softmax; the forward writes the logsumexp, the backward recomputes the
+//!   probabilities.
+//!
+//! [`launch`] names every entry point, its argument list and its launch geometry. The CPU twin
+//! of these ops is `mgsd_nn::attention::cross_attention`.
+//!
+//! # Features
+//! - default: no CUDA at all. The crate exposes the kernel source ([`ATTENTION_CU`]) and the
+//!   launch geometry; its build script runs no nvcc (CPU CI never compiles CUDA).
+//! - `cuda`: `build.rs` compiles `src/kernels/*.cu` to PTX with nvcc for `sm_$CUDA_COMPUTE_CAP`
+//!   (default 90) and embeds it as `ATTENTION_PTX`. This feature needs nvcc only, not candle's
+//!   CUDA backend.
+//!
+//! # Not done yet (issue 7)
+//! The kernels are not yet registered as candle custom ops; `mgsd-nn` does not call them; the
+//! cuDNN Conv3d and the rest of the GPU training path do not exist. The crate README says
+//! exactly what remains.
+#![warn(missing_docs)]
+
+pub mod launch;
+
+/// CUDA C++ source of the attention kernels, the file `build.rs` compiles under `cuda`.
+pub const ATTENTION_CU: &str = include_str!("kernels/attention.cu");
+
+/// Whether this build embeds PTX (the `cuda` feature).
+pub const PTX_EMBEDDED: bool = cfg!(feature = "cuda");
+
+/// The attention kernels as PTX for `sm_$CUDA_COMPUTE_CAP`, compiled by `build.rs`.
+#[cfg(feature = "cuda")]
+pub const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+
+/// The nvcc that compiled `ATTENTION_PTX` (`"none"` without the `cuda` feature).
+pub const BUILT_WITH_NVCC: &str = env!("MGSD_KERNELS_NVCC");
