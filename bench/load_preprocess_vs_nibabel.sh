@@ -16,11 +16,16 @@ REPEAT="${2:-5}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
-cargo build --release -q -p mgsd-io --example make-synthetic --example load-preprocess-bench
-BIN=target/release/examples
-
-"$BIN/make-synthetic" --out "$WORK/data" --cases 1 --shape 240,240,155 --seed 1 --anatomy atlas --layout brats2018
-CASE="$(find "$WORK/data/HGG" -mindepth 1 -maxdepth 1 -type d | head -n 1)"
+# BIN may name a folder of prebuilt examples, CASE an existing case folder (e.g. both carried
+# to a machine without Rust).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p mgsd-io --example make-synthetic --example load-preprocess-bench
+  BIN=${CARGO_TARGET_DIR:-target}/release/examples
+fi
+if [ -z "${CASE:-}" ]; then
+  "$BIN/make-synthetic" --out "$WORK/data" --cases 1 --shape 240,240,155 --seed 1 --anatomy atlas --layout brats2018
+  CASE="$(find "$WORK/data/HGG" -mindepth 1 -maxdepth 1 -type d | head -n 1)"
+fi
 ls -l "$CASE"
 
 TIME=()

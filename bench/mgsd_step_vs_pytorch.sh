@@ -9,9 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS="${THREADS:-2}"
 PYTHON="${PYTHON:-python3}"
-cargo build --release --quiet -p mgsd-distill --example step-bench
-target="${CARGO_TARGET_DIR:-target}"
-ours=$(RAYON_NUM_THREADS="$THREADS" "$target/release/examples/step-bench" "$@")
+# BIN may name a prebuilt binary (e.g. carried to a machine without Rust).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet -p mgsd-distill --example step-bench
+  BIN="${CARGO_TARGET_DIR:-target}/release/examples/step-bench"
+fi
+ours=$(RAYON_NUM_THREADS="$THREADS" "$BIN" "$@")
 theirs=$(OMP_NUM_THREADS="$THREADS" "$PYTHON" bench/mgsd_step_vs_pytorch.py --threads "$THREADS" "$@")
 echo "$ours"
 echo "$theirs"

@@ -15,8 +15,11 @@ ITERS=${ITERS:-3}
 WIDTH=${WIDTH:-16}
 export THREADS RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
-cargo build --release -q -p mgsd-nn --example unet_bench
-BIN=${CARGO_TARGET_DIR:-target}/release/examples/unet_bench
+# BIN may name a prebuilt binary (e.g. carried to a machine without Rust).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p mgsd-nn --example unet_bench
+  BIN=${CARGO_TARGET_DIR:-target}/release/examples/unet_bench
+fi
 
 # The value of ` name=` (the leading space keeps `secs` from matching `cpu_secs`).
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
