@@ -142,11 +142,7 @@ impl Op {
 /// Name of the entry point of `op` for `dtype` and `head_dim`.
 pub fn kernel_name(op: Op, dtype: Dtype, head_dim: usize) -> Result<String> {
     check_head_dim(head_dim)?;
-    Ok(format!(
-        "mgsd_attn_{}_{}_d{head_dim}",
-        op.stem(),
-        dtype.suffix()
-    ))
+    Ok(format!("mgsd_attn_{}_{}_d{head_dim}", op.stem(), dtype.suffix()))
 }
 
 /// Grid and block of one launch (`shared_mem_bytes` is always 0: static shared memory only).
@@ -162,11 +158,7 @@ pub struct Launch {
 
 impl Launch {
     fn new(grid: [usize; 3], block: usize) -> Result<Self> {
-        let lim = [
-            (i32::MAX as usize, "grid.x"),
-            (65_535, "grid.y (B·H)"),
-            (65_535, "grid.z"),
-        ];
+        let lim = [(i32::MAX as usize, "grid.x"), (65_535, "grid.y (B·H)"), (65_535, "grid.z")];
         let mut g = [0u32; 3];
         for (d, (&v, (max, what))) in grid.iter().zip(lim).enumerate() {
             if v == 0 {
@@ -177,11 +169,7 @@ impl Launch {
             }
             g[d] = v as u32;
         }
-        Ok(Self {
-            grid: g,
-            block: [block as u32, 1, 1],
-            shared_mem_bytes: 0,
-        })
+        Ok(Self { grid: g, block: [block as u32, 1, 1], shared_mem_bytes: 0 })
     }
 }
 
@@ -194,10 +182,7 @@ pub fn outer(bh: usize, n: usize, head_dim: usize, num_sms: usize) -> Result<(La
     let target = num_sms.max(1) * (1024 / threads);
     let per_head = target.div_ceil(bh).min(n.div_ceil(128)).max(1);
     let rows = n.div_ceil(per_head).div_ceil(OUTER_ROWS_TILE) * OUTER_ROWS_TILE;
-    Ok((
-        Launch::new([n.div_ceil(rows), bh, 1], threads)?,
-        rows as u32,
-    ))
+    Ok((Launch::new([n.div_ceil(rows), bh, 1], threads)?, rows as u32))
 }
 
 /// [`Op::Apply`] over `n` rows per head.
@@ -217,10 +202,7 @@ pub fn query_parallel(bh: usize, nq: usize, head_dim: usize) -> Result<Launch> {
 /// [`Op::SoftmaxBackwardPre`] over all `rows = B·H·Nq` rows.
 pub fn softmax_backward_pre(rows: usize, head_dim: usize) -> Result<Launch> {
     check_sizes(1, rows, head_dim)?;
-    Launch::new(
-        [rows.div_ceil(WIDE_THREADS / (head_dim / 4)), 1, 1],
-        WIDE_THREADS,
-    )
+    Launch::new([rows.div_ceil(WIDE_THREADS / (head_dim / 4)), 1, 1], WIDE_THREADS)
 }
 
 /// [`Op::SoftmaxBackwardDkDv`]: the launch and its `q_per_block` argument. Keys over grid x,
@@ -237,15 +219,9 @@ pub fn softmax_backward_dkdv(
     let keys_per_block = SOFTMAX_THREADS / (head_dim / 32);
     let tile = query_tile(head_dim);
     let kblocks = nk.div_ceil(keys_per_block);
-    let split = (2 * num_sms.max(1))
-        .div_ceil(kblocks * bh)
-        .min(nq.div_ceil(tile))
-        .max(1);
+    let split = (2 * num_sms.max(1)).div_ceil(kblocks * bh).min(nq.div_ceil(tile)).max(1);
     let per_block = nq.div_ceil(split).div_ceil(tile) * tile;
-    Ok((
-        Launch::new([kblocks, bh, nq.div_ceil(per_block)], SOFTMAX_THREADS)?,
-        per_block as u32,
-    ))
+    Ok((Launch::new([kblocks, bh, nq.div_ceil(per_block)], SOFTMAX_THREADS)?, per_block as u32))
 }
 
 /// [`CAST_F32_BF16`] over `n` elements (grid-stride loop).
@@ -254,10 +230,7 @@ pub fn cast(n: usize) -> Result<Launch> {
         return Err(LaunchError::Empty("elements"));
     }
     if n > i32::MAX as usize {
-        return Err(LaunchError::TooLarge {
-            what: "elements",
-            value: n,
-        });
+        return Err(LaunchError::TooLarge { what: "elements", value: n });
     }
     Launch::new([n.div_ceil(WIDE_THREADS).min(1 << 16), 1, 1], WIDE_THREADS)
 }
@@ -291,10 +264,7 @@ fn check_sizes(bh: usize, n: usize, head_dim: usize) -> Result<()> {
     // (the softmax backward's `rows` argument).
     let total = bh.checked_mul(n).filter(|&t| t <= i32::MAX as usize);
     if total.is_none() {
-        return Err(LaunchError::TooLarge {
-            what: "B·H·rows",
-            value: bh.saturating_mul(n),
-        });
+        return Err(LaunchError::TooLarge { what: "B·H·rows", value: bh.saturating_mul(n) });
     }
     Ok(())
 }
@@ -309,10 +279,7 @@ mod tests {
     fn names_follow_the_source_macros() {
         let cu = crate::ATTENTION_CU;
         for op in Op::ALL {
-            assert!(
-                cu.contains(&format!("mgsd_attn_{}_##TN##_d##DH(", op.stem())),
-                "{op:?}"
-            );
+            assert!(cu.contains(&format!("mgsd_attn_{}_##TN##_d##DH(", op.stem())), "{op:?}");
         }
         for (ty, dt) in [("float", Dtype::F32), ("bf16", Dtype::Bf16)] {
             for dh in HEAD_DIMS {
@@ -372,16 +339,10 @@ mod tests {
                 for bh in [1, 3, 16, 64] {
                     let (l, rows) = outer(bh, n, dh, NUM_SMS).unwrap();
                     let covered = l.grid[0] as usize * rows as usize;
-                    assert!(
-                        covered >= n && covered - (rows as usize) < n,
-                        "outer {bh} {n} {dh}"
-                    );
+                    assert!(covered >= n && covered - (rows as usize) < n, "outer {bh} {n} {dh}");
                     let (l, qpb) = softmax_backward_dkdv(bh, n, 77, dh, NUM_SMS).unwrap();
                     let covered = l.grid[2] as usize * qpb as usize;
-                    assert!(
-                        covered >= n && covered - (qpb as usize) < n,
-                        "dkdv {bh} {n} {dh}"
-                    );
+                    assert!(covered >= n && covered - (qpb as usize) < n, "dkdv {bh} {n} {dh}");
                     assert!(l.grid[0] as usize * (128 / (dh / 32)) >= 77);
                     let rows_tile = 512 / (dh / 8);
                     assert!(apply(bh, n, dh).unwrap().grid[0] as usize * rows_tile >= n);
@@ -396,18 +357,9 @@ mod tests {
     fn bad_sizes_are_errors() {
         assert_eq!(apply(0, 10, 32), Err(LaunchError::Empty("B·H")));
         assert_eq!(query_parallel(1, 0, 32), Err(LaunchError::Empty("rows")));
-        assert_eq!(
-            outer(1, 10, 16, NUM_SMS),
-            Err(LaunchError::UnsupportedHeadDim(16))
-        );
-        assert!(matches!(
-            apply(70_000, 10, 32),
-            Err(LaunchError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            apply(2, 1 << 31, 32),
-            Err(LaunchError::TooLarge { .. })
-        ));
+        assert_eq!(outer(1, 10, 16, NUM_SMS), Err(LaunchError::UnsupportedHeadDim(16)));
+        assert!(matches!(apply(70_000, 10, 32), Err(LaunchError::TooLarge { .. })));
+        assert!(matches!(apply(2, 1 << 31, 32), Err(LaunchError::TooLarge { .. })));
         assert!(matches!(cast(0), Err(LaunchError::Empty(_))));
         assert_eq!(cast(1000).unwrap().grid, [4, 1, 1]);
     }

@@ -9,11 +9,7 @@ fn entry_params(ptx: &str, name: &str) -> Option<Vec<String>> {
     let start = ptx.find(&format!(".entry {name}("))?;
     let rest = &ptx[start..];
     let body = &rest[rest.find('(')? + 1..rest.find(')')?];
-    Some(
-        body.split(',')
-            .filter_map(|p| p.split_whitespace().nth(1).map(str::to_owned))
-            .collect(),
-    )
+    Some(body.split(',').filter_map(|p| p.split_whitespace().nth(1).map(str::to_owned)).collect())
 }
 
 fn assert_ptx_complete(ptx: &str, what: &str) {
@@ -53,8 +49,5 @@ fn embedded_ptx_has_every_entry() {
 
 #[test]
 fn carried_ptx_has_every_entry() {
-    assert_ptx_complete(
-        include_str!("../gpu/ptx/attention.ptx"),
-        "gpu/ptx/attention.ptx",
-    );
+    assert_ptx_complete(include_str!("../gpu/ptx/attention.ptx"), "gpu/ptx/attention.ptx");
 }

@@ -1,0 +1,27 @@
+//! `mgsd-train`: the MGSD workflow — train, evaluate the 15-subset table, segment new patients.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over these modules:
+//! * [`config`] — the TOML configuration and the presets in `configs/`.
+//! * [`data`] — data sources, splits, the case cache and the background loader.
+//! * [`model`] — building the MGSD objective, naming its variables, loading a segmenter.
+//! * [`optim`] — PyTorch-compatible Adam (L2 weight decay) with saveable state; poly schedule.
+//! * [`checkpoint`] — atomic safetensors checkpoints with reference names and training state.
+//! * [`train`] — the training loop, run directory, exact resume, fault handling.
+//! * [`infer`] — whole-image and sliding-window inference.
+//! * [`metrics`] — Dice and HD95 per BraTS region with the BraTS 2018–2021 conventions.
+//! * [`eval`] — the 15 × 3 Dice/HD95 table (Markdown, CSV, JSON, per case).
+//! * [`predict`] — segmenting a patient with any subset of modalities into its original space.
+//! * [`plot`] — training curves and segmentation previews as PNG.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod infer;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod predict;
+pub mod train;

@@ -1,0 +1,426 @@
+//! `mgsd-train`: train MGSD, evaluate the 15-subset table, segment new patients.
+//!
+//! Without arguments it runs the embedded default (`configs/demo.toml`): synthetic BraTS-like
+//! cases, a bounded training budget (~10 min on 2 CPU cores with `--release`), and the Dice table
+//! of all 15 modality subsets on held-out cases.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mgsd_io::{Modality, ModalitySet};
+use mgsd_train::checkpoint;
+use mgsd_train::config::{open_device, parse_device, Config, ProtocolConfig};
+use mgsd_train::data::{read_manifest, split_with_file, CaseStore};
+use mgsd_train::eval::evaluate;
+use mgsd_train::model::unet_from_checkpoint;
+use mgsd_train::predict::{predict, PredictOptions};
+use mgsd_train::train::{eval_settings, files, train, RunOptions, StopReason};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mgsd-train",
+    version,
+    about = "MGSD brain-tumour segmentation with missing MRI modalities: train, evaluate, predict.\n\nWithout a subcommand: the embedded demo (synthetic cases, ~10 minutes on 2 CPU cores)."
+)]
+struct Cli {
+    /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, global = true)]
+    device: Option<String>,
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Run directory of the embedded demo (default: runs/demo/<timestamp>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Run the demo workflow (train, then the 15-subset table) with this configuration instead
+    /// of the embedded configs/demo.toml.
+    #[arg(long)]
+    demo_config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train from a TOML configuration (see configs/), or continue a run.
+    Train {
+        /// Configuration file (default with --resume: the run's own config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Continue the run in this directory from its last.safetensors.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+    },
+    /// The 15 × 3 Dice / HD95 table of a checkpoint on labelled cases.
+    Eval {
+        /// Checkpoint (.safetensors).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Dataset: a folder in a BraTS/MSD layout, or a manifest.json from `cargo xtask fetch-brats`.
+        #[arg(long)]
+        data: PathBuf,
+        /// Split file (`cargo xtask splits`); without it every case is evaluated.
+        #[arg(long)]
+        split: Option<PathBuf>,
+        /// Fold of the split file.
+        #[arg(long, default_value_t = 0)]
+        fold: usize,
+        /// Which part of the split: test, val or train.
+        #[arg(long, default_value = "test")]
+        part: String,
+        /// Output folder for eval.md/.csv/.json and eval-cases.csv (default: next to the checkpoint).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only these subsets (e.g. `flair+t1ce`; repeatable). Default: all 15.
+        #[arg(long)]
+        subset: Vec<String>,
+        /// Evaluate with sliding windows (default: the checkpoint's protocol).
+        #[arg(long)]
+        sliding_window: bool,
+    },
+    /// Segment one patient with whatever modalities it has.
+    Predict {
+        /// Checkpoint (.safetensors; ours or a PyTorch state_dict).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// A case folder, or one NIfTI file per modality (repeat --input).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Output label map (BraTS labels 0/1/2/4), in the input's grid and space.
+        #[arg(long)]
+        output: PathBuf,
+        /// Modality of each input file, in order (e.g. `t1ce,flair`); default: from the file names.
+        #[arg(long, value_delimiter = ',')]
+        modalities: Option<Vec<String>>,
+        /// Write probability maps (ED, NCR/NET, ET) into this folder.
+        #[arg(long)]
+        probabilities: Option<PathBuf>,
+        /// Write a PNG preview (three slices with the segmentation overlaid).
+        #[arg(long)]
+        preview: Option<PathBuf>,
+        /// Sliding-window inference over the whole volume.
+        #[arg(long)]
+        sliding_window: bool,
+    },
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+#[cfg(unix)]
+mod sigint {
+    use super::INTERRUPTED;
+    use std::sync::atomic::Ordering;
+
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+        fn _exit(status: i32) -> !;
+    }
+    const SIGINT: i32 = 2;
+
+    extern "C" fn on_sigint(_: i32) {
+        // Async-signal-safe: an atomic swap, or _exit on the second Ctrl-C.
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            // SAFETY: `_exit` is async-signal-safe and never returns.
+            unsafe { _exit(130) }
+        }
+    }
+
+    /// First Ctrl-C: set the flag (the trainer saves and stops); second: exit at once.
+    pub fn install() {
+        // SAFETY: installing a handler that only touches an atomic (or calls `_exit`).
+        unsafe {
+            signal(SIGINT, on_sigint as extern "C" fn(i32) as usize);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod sigint {
+    pub fn install() {}
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let progress = !cli.quiet;
+    match cli.command {
+        None => demo(cli.demo_config.as_deref(), cli.device, cli.run_dir, progress),
+        Some(Command::Train { config, resume }) => {
+            let path = match (&config, &resume) {
+                (Some(c), _) => c.clone(),
+                (None, Some(r)) => r.join(files::CONFIG),
+                (None, None) => {
+                    bail!("train needs --config FILE (see configs/) or --resume RUN_DIR")
+                }
+            };
+            let mut cfg = Config::load(&path)?;
+            if let Some(d) = cli.device {
+                parse_device(&d)?;
+                cfg.run.device = d;
+            }
+            sigint::install();
+            let opts = RunOptions { resume, stop: stop_flag(), progress, ..RunOptions::default() };
+            let out = train(&cfg, &opts)?;
+            println!(
+                "{} after {} steps ({:.1} min); run directory: {}",
+                describe(out.reason),
+                out.steps,
+                out.seconds / 60.0,
+                out.run_dir.display()
+            );
+            if let Some(b) = out.best_score {
+                println!(
+                    "best validation mean Dice: {:.4} ({})",
+                    b,
+                    out.run_dir.join(files::BEST).display()
+                );
+            }
+            Ok(())
+        }
+        Some(Command::Eval {
+            checkpoint,
+            data,
+            split,
+            fold,
+            part,
+            out,
+            subset,
+            sliding_window,
+        }) => {
+            let device = open_device(parse_device(cli.device.as_deref().unwrap_or("cpu"))?)?;
+            let ckpt = checkpoint::load(&checkpoint, &device)?;
+            let unet = unet_from_checkpoint(&ckpt, &device)?;
+            let protocol = protocol_of(&ckpt)?;
+            let cases = if data.is_file() {
+                read_manifest(&data)?
+            } else {
+                mgsd_io::discover(&data)
+                    .with_context(|| format!("looking for cases in {}", data.display()))?
+                    .cases
+            };
+            let cases = match &split {
+                Some(s) => {
+                    let sp = split_with_file(&cases, s, fold)?;
+                    match part.as_str() {
+                        "test" => sp.test,
+                        "val" => sp.val,
+                        "train" => sp.train,
+                        other => bail!("--part {other}: expected test, val or train"),
+                    }
+                }
+                None => cases.into_iter().filter(|c| c.label.is_some()).collect(),
+            };
+            if cases.is_empty() {
+                bail!("no labelled case to evaluate in {}", data.display());
+            }
+            let mut settings = eval_settings(&protocol, progress);
+            if sliding_window {
+                let mut p = protocol.clone();
+                p.sliding_window = Some(true);
+                settings = eval_settings(&p, progress);
+            }
+            if !subset.is_empty() {
+                settings.subsets = subset
+                    .iter()
+                    .map(|s| s.parse::<ModalitySet>().map_err(anyhow::Error::msg))
+                    .collect::<Result<_>>()?;
+            }
+            let t = Instant::now();
+            let store = CaseStore::new(false, None);
+            let report = evaluate(&unet, &cases, &store, &settings, &device)?;
+            let out = out.unwrap_or_else(|| {
+                let stem = checkpoint
+                    .file_stem()
+                    .map_or("eval".into(), |s| s.to_string_lossy().to_string());
+                checkpoint.parent().unwrap_or(Path::new(".")).join(format!("eval-{stem}"))
+            });
+            report.write(&out, "eval")?;
+            println!("{}", report.markdown());
+            println!(
+                "{} cases × {} subsets in {:.1}s; written to {}",
+                cases.len(),
+                settings.subsets.len(),
+                t.elapsed().as_secs_f64(),
+                out.display()
+            );
+            Ok(())
+        }
+        Some(Command::Predict {
+            checkpoint,
+            input,
+            output,
+            modalities,
+            probabilities,
+            preview,
+            sliding_window,
+        }) => {
+            let device = open_device(parse_device(cli.device.as_deref().unwrap_or("cpu"))?)?;
+            let modalities = modalities
+                .map(|v| {
+                    v.iter()
+                        .map(|s| s.parse::<Modality>().map_err(anyhow::Error::msg))
+                        .collect::<Result<Vec<_>>>()
+                })
+                .transpose()?;
+            let opts = PredictOptions {
+                checkpoint,
+                inputs: input,
+                modalities,
+                output,
+                probabilities,
+                preview,
+                sliding_window,
+            };
+            let s = predict(&opts, &device)?;
+            println!(
+                "segmented with {} on a {:?} grid: ED {} / NCR-NET {} / ET {} voxels",
+                s.modalities,
+                s.shape,
+                s.counts.get(&2).unwrap_or(&0),
+                s.counts.get(&1).unwrap_or(&0),
+                s.counts.get(&4).unwrap_or(&0)
+            );
+            for w in &s.written {
+                println!("wrote {}", w.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn stop_flag() -> Arc<AtomicBool> {
+    // Mirror the signal flag into the trainer's flag from a watcher thread.
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    std::thread::spawn(move || loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            f.store(true, Ordering::SeqCst);
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    });
+    flag
+}
+
+fn describe(r: StopReason) -> &'static str {
+    match r {
+        StopReason::Finished => "finished",
+        StopReason::Interrupted => "interrupted (saved; continue with --resume)",
+        StopReason::TimeBudget => "stopped at the time budget (saved)",
+        StopReason::Killed => "killed",
+    }
+}
+
+fn protocol_of(ckpt: &checkpoint::Checkpoint) -> Result<ProtocolConfig> {
+    Ok(match &ckpt.meta {
+        Some(m) => {
+            Config::from_toml(
+                &m.config,
+                &format!("configuration stored in {}", ckpt.path.display()),
+            )?
+            .protocol
+        }
+        None => ProtocolConfig::default(),
+    })
+}
+
+/// `YYYYMMDD-HHMMSS` (UTC) for run directory names.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn demo(
+    config: Option<&Path>,
+    device: Option<String>,
+    run_dir: Option<PathBuf>,
+    progress: bool,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let mut cfg = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::demo()?,
+    };
+    if let Some(d) = device {
+        parse_device(&d)?;
+        cfg.run.device = d;
+    }
+    cfg.run.dir = run_dir.unwrap_or_else(|| cfg.run.dir.join(timestamp()));
+    println!(
+        "MGSD embedded demo: synthetic BraTS-like cases, run directory {}",
+        cfg.run.dir.display()
+    );
+    sigint::install();
+    let opts = RunOptions { stop: stop_flag(), progress, ..RunOptions::default() };
+    let out = train(&cfg, &opts)?;
+    println!(
+        "training {} after {} steps in {:.1} min (the trainer waited {:.1}s for data)",
+        describe(out.reason),
+        out.steps,
+        out.seconds / 60.0,
+        out.data_wait
+    );
+    let device = open_device(parse_device(&cfg.run.device)?)?;
+    let ckpt = checkpoint::load(&out.run_dir.join(files::LAST), &device)?;
+    let unet = unet_from_checkpoint(&ckpt, &device)?;
+    let store = CaseStore::new(true, None);
+    let report = evaluate(
+        &unet,
+        &out.splits.test,
+        &store,
+        &eval_settings(&cfg.protocol, progress),
+        &device,
+    )?;
+    report.write(&out.run_dir, "eval")?;
+    println!(
+        "\nDice (%) on {} held-out synthetic cases, all 15 modality subsets:\n",
+        out.splits.test.len()
+    );
+    println!("{}", report.dice_table());
+    let et_with: Vec<f64> =
+        report.rows.iter().filter(|r| r.subset.contains("T1ce")).map(|r| r.dice[2]).collect();
+    let et_without: Vec<f64> =
+        report.rows.iter().filter(|r| !r.subset.contains("T1ce")).map(|r| r.dice[2]).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "ET Dice with T1ce {:.1} vs without {:.1} (the enhancing tumour is visible only on T1ce)",
+        100.0 * mean(&et_with),
+        100.0 * mean(&et_without)
+    );
+    println!("full table with HD95: {}", out.run_dir.join("eval.md").display());
+    println!(
+        "run directory: {} (total {:.1} min)",
+        out.run_dir.display(),
+        t0.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}

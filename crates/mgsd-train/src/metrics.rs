@@ -1,0 +1,416 @@
+//! Dice and HD95 per BraTS region (WT/TC/ET) with the BraTS 2018–2021 conventions
+//! (MGSD-SPEC §7).
+//!
+//! * Dice = 2|P∩T| / (|P| + |T|).
+//! * HD95 reproduces medpy's `metric.binary.hd95` (connectivity 1): the border of a mask is the
+//!   mask minus its erosion by the 6-connected structure (voxels outside the image count as
+//!   background, as in `scipy.ndimage.binary_erosion`); the distances from every border voxel of
+//!   one mask to the nearest border voxel of the other, in mm with the voxel spacing, are pooled
+//!   over both directions; HD95 is their 95th percentile with numpy's linear interpolation.
+//!   Distances come from an exact Euclidean distance transform (Felzenszwalb–Huttenlocher,
+//!   separable, anisotropic spacing) in f64, computed on the bounding box of the two borders
+//!   only (exact: the nearest border voxel always lies inside it).
+//! * Both masks empty → Dice 1, HD95 0; exactly one empty → Dice 0, HD95 [`EMPTY_HD95_MM`].
+//! * The RFNet family's "ET < 500 voxels → 0" post-processing is [`PostProcess::min_et`]: a
+//!   prediction with fewer ET voxels scores an empty ET region (WT and TC unchanged).
+//!
+//! Checked against medpy on fixtures written by `fixtures/gen_metrics.py`.
+
+use mgsd_io::Region;
+use rayon::prelude::*;
+
+/// HD95 (mm) when exactly one of prediction and truth is empty: the BraTS 2018–2021 value
+/// (the diagonal of a 240 × 240 × 155 mm volume).
+pub const EMPTY_HD95_MM: f64 = 373.12866;
+
+/// The literature's ET threshold for the RFNet-family post-processing.
+pub const RFNET_MIN_ET_VOXELS: usize = 500;
+
+/// Dice and HD95 of one region of one case.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RegionScore {
+    /// Dice in [0, 1].
+    pub dice: f64,
+    /// 95th-percentile Hausdorff distance in mm.
+    pub hd95: f64,
+}
+
+/// Scores of the three regions, in [`Region::ALL`] order (WT, TC, ET).
+pub type CaseScores = [RegionScore; 3];
+
+/// Post-processing applied to a predicted label map before scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct PostProcess {
+    /// If set, a prediction with fewer ET voxels than this scores an empty ET region
+    /// (RFNet/mmFormer: 500).
+    pub min_et: Option<usize>,
+}
+
+impl PostProcess {
+    /// No post-processing (the MGSD/ACN protocol).
+    pub const NONE: PostProcess = PostProcess { min_et: None };
+    /// The RFNet family's "ET < 500 voxels → 0".
+    pub const RFNET: PostProcess = PostProcess { min_et: Some(RFNET_MIN_ET_VOXELS) };
+
+    /// Applies the post-processing to a canonical label map: with too few ET voxels, label 4
+    /// becomes 1 (the voxels stay in the tumour core, as the regions are nested), which is what
+    /// [`score_case`] scores.
+    pub fn apply(self, labels: &mut [u8]) {
+        if let Some(min) = self.min_et {
+            let et = labels.iter().filter(|&&l| Region::ET.contains(l)).count();
+            if et < min {
+                for l in labels.iter_mut().filter(|l| Region::ET.contains(**l)) {
+                    *l = mgsd_io::labels::NCR_NET;
+                }
+            }
+        }
+    }
+}
+
+/// Dice of two masks with the BraTS convention (both empty → 1).
+///
+/// # Panics
+/// If the masks differ in length (a programming error, not user input).
+pub fn dice(pred: &[bool], truth: &[bool]) -> f64 {
+    assert_eq!(pred.len(), truth.len(), "dice: masks differ in length");
+    let (mut p, mut t, mut both) = (0usize, 0usize, 0usize);
+    for (&a, &b) in pred.iter().zip(truth) {
+        p += a as usize;
+        t += b as usize;
+        both += (a && b) as usize;
+    }
+    if p + t == 0 {
+        1.0
+    } else {
+        2.0 * both as f64 / (p + t) as f64
+    }
+}
+
+/// HD95 with the BraTS conventions: both empty → 0, exactly one empty → [`EMPTY_HD95_MM`],
+/// else [`medpy_hd95`].
+pub fn hd95(pred: &[bool], truth: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> f64 {
+    let p = pred.iter().any(|&v| v);
+    let t = truth.iter().any(|&v| v);
+    match (p, t) {
+        (false, false) => 0.0,
+        (true, false) | (false, true) => EMPTY_HD95_MM,
+        (true, true) => medpy_hd95(pred, truth, shape, spacing).unwrap_or(EMPTY_HD95_MM),
+    }
+}
+
+/// medpy's `hd95(result, reference, voxelspacing, connectivity=1)`; `None` if either mask is
+/// empty (medpy raises).
+///
+/// # Panics
+/// If a mask's length is not the product of `shape`.
+pub fn medpy_hd95(a: &[bool], b: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Option<f64> {
+    let n: usize = shape.iter().product();
+    assert!(a.len() == n && b.len() == n, "medpy_hd95: masks do not match shape {shape:?}");
+    let (bord_a, bord_b) = rayon::join(|| border(a, shape), || border(b, shape));
+    // Restrict to the bounding box of both borders: every query and every feature lies inside.
+    let (lo, hi) = bounding_box(&bord_a, &bord_b, shape)?;
+    let sub = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
+    let crop = |m: &[bool]| -> Vec<bool> {
+        let mut out = Vec::with_capacity(sub.iter().product());
+        for i in lo[0]..hi[0] {
+            for j in lo[1]..hi[1] {
+                let row = (i * shape[1] + j) * shape[2];
+                out.extend_from_slice(&m[row + lo[2]..row + hi[2]]);
+            }
+        }
+        out
+    };
+    let (ca, cb) = (crop(&bord_a), crop(&bord_b));
+    let (dt_b, dt_a) =
+        rayon::join(|| squared_edt(&cb, sub, spacing), || squared_edt(&ca, sub, spacing));
+    let mut d: Vec<f64> = ca
+        .iter()
+        .zip(&dt_b)
+        .filter(|(&m, _)| m)
+        .map(|(_, &d2)| d2.sqrt())
+        .chain(cb.iter().zip(&dt_a).filter(|(&m, _)| m).map(|(_, &d2)| d2.sqrt()))
+        .collect();
+    Some(percentile(&mut d, 95.0))
+}
+
+/// numpy's `percentile(x, q)` with linear interpolation. `x` is reordered.
+fn percentile(x: &mut [f64], q: f64) -> f64 {
+    x.sort_unstable_by(f64::total_cmp);
+    let pos = q / 100.0 * (x.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = (lo + 1).min(x.len() - 1);
+    let frac = pos - lo as f64;
+    // numpy's `_lerp`: a + (b - a) * t, switched to b - (b - a) * (1 - t) for t >= 0.5.
+    let (a, b) = (x[lo], x[hi]);
+    if frac >= 0.5 {
+        b - (b - a) * (1.0 - frac)
+    } else {
+        a + (b - a) * frac
+    }
+}
+
+/// `[lo, hi)` box holding every true voxel of `a` and `b`; `None` if either is empty.
+fn bounding_box(a: &[bool], b: &[bool], shape: [usize; 3]) -> Option<([usize; 3], [usize; 3])> {
+    if !a.iter().any(|&v| v) || !b.iter().any(|&v| v) {
+        return None;
+    }
+    let mut lo = shape;
+    let mut hi = [0usize; 3];
+    for i in 0..shape[0] {
+        for j in 0..shape[1] {
+            let row = (i * shape[1] + j) * shape[2];
+            for k in 0..shape[2] {
+                if a[row + k] || b[row + k] {
+                    for (ax, v) in [i, j, k].into_iter().enumerate() {
+                        lo[ax] = lo[ax].min(v);
+                        hi[ax] = hi[ax].max(v + 1);
+                    }
+                }
+            }
+        }
+    }
+    Some((lo, hi))
+}
+
+/// The border of a mask: the mask minus its erosion by the 6-connected structure, with voxels
+/// outside the image counted as background (scipy's `binary_erosion(border_value=0)`).
+pub fn border(mask: &[bool], shape: [usize; 3]) -> Vec<bool> {
+    let [n0, n1, n2] = shape;
+    let mut out = vec![false; mask.len()];
+    out.par_chunks_mut(n1 * n2).enumerate().for_each(|(i, plane)| {
+        for j in 0..n1 {
+            for k in 0..n2 {
+                let idx = (i * n1 + j) * n2 + k;
+                if !mask[idx] {
+                    continue;
+                }
+                let interior = i > 0
+                    && i + 1 < n0
+                    && j > 0
+                    && j + 1 < n1
+                    && k > 0
+                    && k + 1 < n2
+                    && mask[idx - n1 * n2]
+                    && mask[idx + n1 * n2]
+                    && mask[idx - n2]
+                    && mask[idx + n2]
+                    && mask[idx - 1]
+                    && mask[idx + 1];
+                plane[j * n2 + k] = !interior;
+            }
+        }
+    });
+    out
+}
+
+/// Exact squared Euclidean distance (mm²) from every voxel to the nearest `true` voxel, with
+/// voxel `spacing` per axis; `f64::INFINITY` everywhere if there is none.
+/// Felzenszwalb & Huttenlocher (2012), "Distance transforms of sampled functions": one 1-D
+/// lower-envelope pass per axis.
+pub fn squared_edt(feature: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Vec<f64> {
+    let [n0, n1, n2] = shape;
+    let mut d: Vec<f64> = feature.iter().map(|&f| if f { 0.0 } else { f64::INFINITY }).collect();
+    if d.is_empty() {
+        return d;
+    }
+    // Axis 2 (contiguous lines).
+    d.par_chunks_mut(n2).for_each_init(
+        || Scratch::new(n2),
+        |s, line| {
+            s.f[..n2].copy_from_slice(line);
+            dt_1d(&s.f[..n2], spacing[2], line, &mut s.v, &mut s.z);
+        },
+    );
+    // Axis 1: lines of stride n2 within each axis-0 plane.
+    d.par_chunks_mut(n1 * n2).for_each_init(
+        || Scratch::new(n1),
+        |s, plane| {
+            for k in 0..n2 {
+                for j in 0..n1 {
+                    s.f[j] = plane[j * n2 + k];
+                }
+                dt_1d(&s.f[..n1], spacing[1], &mut s.out[..n1], &mut s.v, &mut s.z);
+                for j in 0..n1 {
+                    plane[j * n2 + k] = s.out[j];
+                }
+            }
+        },
+    );
+    // Axis 0: transpose to (n1·n2, n0) lines, transform, transpose back.
+    let plane = n1 * n2;
+    let mut t = vec![0.0f64; d.len()];
+    t.par_chunks_mut(n0).enumerate().for_each_init(
+        || Scratch::new(n0),
+        |s, (jk, line)| {
+            for i in 0..n0 {
+                s.f[i] = d[i * plane + jk];
+            }
+            dt_1d(&s.f[..n0], spacing[0], line, &mut s.v, &mut s.z);
+        },
+    );
+    d.par_chunks_mut(plane).enumerate().for_each(|(i, out)| {
+        for (jk, o) in out.iter_mut().enumerate() {
+            *o = t[jk * n0 + i];
+        }
+    });
+    d
+}
+
+struct Scratch {
+    f: Vec<f64>,
+    out: Vec<f64>,
+    v: Vec<usize>,
+    z: Vec<f64>,
+}
+
+impl Scratch {
+    fn new(n: usize) -> Self {
+        Scratch { f: vec![0.0; n], out: vec![0.0; n], v: vec![0; n], z: vec![0.0; n + 1] }
+    }
+}
+
+/// 1-D squared distance transform of `f` (squared distances, `INFINITY` = no feature) with
+/// sample spacing `w`: `d[p] = min_q w²(p − q)² + f[q]`.
+fn dt_1d(f: &[f64], w: f64, d: &mut [f64], v: &mut [usize], z: &mut [f64]) {
+    let n = f.len();
+    let w2 = w * w;
+    let Some(first) = f.iter().position(|x| x.is_finite()) else {
+        d.fill(f64::INFINITY);
+        return;
+    };
+    let mut k = 0usize;
+    v[0] = first;
+    z[0] = f64::NEG_INFINITY;
+    z[1] = f64::INFINITY;
+    for q in first + 1..n {
+        if !f[q].is_finite() {
+            continue;
+        }
+        let fq = f[q] + w2 * (q * q) as f64;
+        // z[0] = -inf, so the loop stops at k = 0 at the latest.
+        let mut s;
+        loop {
+            let vk = v[k];
+            s = (fq - (f[vk] + w2 * (vk * vk) as f64)) / (2.0 * w2 * (q - vk) as f64);
+            if s > z[k] {
+                break;
+            }
+            k -= 1;
+        }
+        k += 1;
+        v[k] = q;
+        z[k] = s;
+        z[k + 1] = f64::INFINITY;
+    }
+    let mut k = 0usize;
+    for (p, dp) in d.iter_mut().enumerate().take(n) {
+        while z[k + 1] < p as f64 {
+            k += 1;
+        }
+        let diff = p as f64 - v[k] as f64;
+        *dp = w2 * diff * diff + f[v[k]];
+    }
+}
+
+/// Dice and HD95 of WT, TC and ET for one case, from canonical label maps (0/1/2/4) on a grid
+/// of `shape` with `spacing` (mm), after `post` is applied to the prediction. The three regions
+/// are scored in parallel.
+///
+/// # Panics
+/// If the label maps do not both have one value per voxel of `shape`.
+pub fn score_case(
+    pred: &[u8],
+    truth: &[u8],
+    shape: [usize; 3],
+    spacing: [f64; 3],
+    post: PostProcess,
+) -> CaseScores {
+    let n: usize = shape.iter().product();
+    assert!(pred.len() == n && truth.len() == n, "score_case: label maps do not match {shape:?}");
+    let et_count = pred.iter().filter(|&&l| Region::ET.contains(l)).count();
+    let drop_et = post.min_et.is_some_and(|m| et_count < m);
+    let scores: Vec<RegionScore> = Region::ALL
+        .par_iter()
+        .map(|&r| {
+            let p: Vec<bool> =
+                if r == Region::ET && drop_et { vec![false; n] } else { r.mask(pred) };
+            let t = r.mask(truth);
+            RegionScore { dice: dice(&p, &t), hd95: hd95(&p, &t, shape, spacing) }
+        })
+        .collect();
+    [scores[0], scores[1], scores[2]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute force: min over all feature voxels.
+    fn brute_edt(feature: &[bool], shape: [usize; 3], sp: [f64; 3]) -> Vec<f64> {
+        let pts: Vec<[usize; 3]> = (0..feature.len())
+            .filter(|&i| feature[i])
+            .map(|i| [i / (shape[1] * shape[2]), (i / shape[2]) % shape[1], i % shape[2]])
+            .collect();
+        (0..feature.len())
+            .map(|i| {
+                let p = [i / (shape[1] * shape[2]), (i / shape[2]) % shape[1], i % shape[2]];
+                pts.iter()
+                    .map(|q| {
+                        (0..3).map(|a| ((p[a] as f64 - q[a] as f64) * sp[a]).powi(2)).sum::<f64>()
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn edt_matches_brute_force() {
+        let shape = [7, 9, 5];
+        let sp = [1.3, 0.7, 2.9];
+        let mut state = 12345u64;
+        for density in [1u64, 5, 30] {
+            let feature: Vec<bool> = (0..shape.iter().product::<usize>())
+                .map(|_| {
+                    state =
+                        state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (state >> 33) % 100 < density
+                })
+                .collect();
+            let fast = squared_edt(&feature, shape, sp);
+            let slow = brute_edt(&feature, shape, sp);
+            for (a, b) in fast.iter().zip(&slow) {
+                assert!((a - b).abs() <= 1e-9 * b.max(1.0) || (a.is_infinite() && b.is_infinite()));
+            }
+        }
+    }
+
+    #[test]
+    fn conventions() {
+        let shape = [4, 4, 4];
+        let none = vec![0u8; 64];
+        let s = score_case(&none, &none, shape, [1.0; 3], PostProcess::NONE);
+        assert!(s.iter().all(|r| r.dice == 1.0 && r.hd95 == 0.0));
+        let mut one = none.clone();
+        one[21] = 4;
+        let s = score_case(&one, &none, shape, [1.0; 3], PostProcess::NONE);
+        assert!(s.iter().all(|r| r.dice == 0.0 && r.hd95 == EMPTY_HD95_MM));
+        let s = score_case(&one, &one, shape, [1.0; 3], PostProcess::NONE);
+        assert!(s.iter().all(|r| r.dice == 1.0 && r.hd95 == 0.0));
+        // Post-processing drops the single ET voxel but keeps it in WT/TC.
+        let s = score_case(&one, &one, shape, [1.0; 3], PostProcess { min_et: Some(2) });
+        assert_eq!(s[2], RegionScore { dice: 0.0, hd95: EMPTY_HD95_MM });
+        assert_eq!(s[0].dice, 1.0);
+        let mut l = one.clone();
+        PostProcess { min_et: Some(2) }.apply(&mut l);
+        assert_eq!(l[21], 1);
+    }
+
+    #[test]
+    fn percentile_matches_numpy() {
+        // numpy.percentile([1, 2, 3, 4, 10], 95) == 8.8
+        let mut x = vec![10.0, 2.0, 1.0, 4.0, 3.0];
+        assert!((percentile(&mut x, 95.0) - 8.8).abs() < 1e-12);
+        let mut x = vec![5.0];
+        assert_eq!(percentile(&mut x, 95.0), 5.0);
+    }
+}
