@@ -12,7 +12,6 @@
 
 mod cpu;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,
 };
@@ -152,15 +151,9 @@ impl Conv3dConfig {
     }
 }
 
+/// The contiguous f32 data of operand `what` of a conv3d op.
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        other => bail!("conv3d: {what} must be f32, got {:?}", other.dtype()),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("conv3d: {what} must be contiguous, got strides {:?}", l.stride()),
-    }
+    crate::cpu_f32::slice(s, l, &format!("conv3d {what}"))
 }
 
 /// `conv(x, W) + b`; operands `x` and the `(Cout, kcols)` weight matrix.
