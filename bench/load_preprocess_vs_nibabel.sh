@@ -4,14 +4,13 @@
 #
 #   bench/load_preprocess_vs_nibabel.sh [PYTHON] [REPEAT]
 #
-# PYTHON defaults to $PYTHON, then /work/venv-torch/bin/python, then python3 (needs numpy and
+# PYTHON defaults to $PYTHON, then python3 (needs numpy and
 # nibabel). Prints the median time of each step for both, the ratio nibabel / mgsd-io, and
 # each process's peak resident memory (decoded data: 4 x 240 x 240 x 155 x 4 B = 143 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY="${1:-${PYTHON:-/work/venv-torch/bin/python}}"
-[ -x "$PY" ] || PY=python3
+PY="${1:-${PYTHON:-python3}}"
 REPEAT="${2:-5}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

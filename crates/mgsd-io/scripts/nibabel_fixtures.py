@@ -5,12 +5,12 @@ reads from each of them. tests/nibabel_reader.rs compares our reader against it.
 
 Run by hand, never in CI (needs numpy + nibabel; tested with nibabel 5.4.2, numpy 2.4):
 
-    /work/venv-torch/bin/python crates/mgsd-io/scripts/nibabel_fixtures.py
+    python3 crates/mgsd-io/scripts/nibabel_fixtures.py
 
 With --check-written DIR it instead lets nibabel judge files written by our writer:
 
     MGSD_NIFTI_OUT=/tmp/ours cargo test -p mgsd-io --test nibabel_roundtrip -- --ignored
-    /work/venv-torch/bin/python crates/mgsd-io/scripts/nibabel_fixtures.py --check-written /tmp/ours
+    python3 crates/mgsd-io/scripts/nibabel_fixtures.py --check-written /tmp/ours
 
 The test writes volume t of fixture NAME as `t_NAME` (float32); nibabel must read each one and
 find the same voxels (per volume t) and the same affine as expected.json says for NAME.
