@@ -195,7 +195,9 @@ pub fn parse_header(buf: &[u8], path: &Path) -> Result<NiftiInfo> {
     Ok(info)
 }
 
-fn empty_info(version: u8, endianness: Endianness) -> NiftiInfo {
+/// A header of `version` with every field zeroed / empty (pixdim 1, identity affine), the
+/// starting point of the parsers and of the writer.
+pub(crate) fn empty_info(version: u8, endianness: Endianness) -> NiftiInfo {
     NiftiInfo {
         version,
         endianness,

@@ -26,7 +26,7 @@ use flate2::Compression;
 use rayon::prelude::*;
 
 use super::affine::{allclose, best_affine, qform_from_affine};
-use super::header::{Endianness, NiftiInfo, NIFTI1_HEADER_SIZE, NIFTI2_HEADER_SIZE};
+use super::header::{empty_info, Endianness, NiftiInfo, NIFTI1_HEADER_SIZE, NIFTI2_HEADER_SIZE};
 use crate::error::{Error, Result};
 use crate::volume::Volume;
 
@@ -148,34 +148,14 @@ pub(crate) fn build_header(vol: &Volume, dtype: OutputType) -> NiftiInfo {
     let version = if wide { 2 } else { src.map_or(1, |s| if s.version == 2 { 2 } else { 1 }) };
     let (code, bitpix) = dtype.code_bitpix();
     let mut h = NiftiInfo {
-        version,
-        endianness: Endianness::Little,
         shape: vec![nx, ny, nz],
         datatype: super::datatype::datatype_name(code),
         datatype_code: code,
         bitpix,
-        pixdim: [1.0; 8],
         vox_offset: (if version == 1 { NIFTI1_HEADER_SIZE } else { NIFTI2_HEADER_SIZE }) as u64 + 4,
         scl_slope: 1.0,
-        scl_inter: 0.0,
-        cal_min: 0.0,
-        cal_max: 0.0,
-        qform_code: 0,
-        sform_code: 0,
-        quatern: [0.0; 3],
-        qoffset: [0.0; 3],
-        srow: [[0.0; 4]; 3],
-        xyzt_units: 0,
-        intent_code: 0,
-        intent_name: String::new(),
-        descrip: String::new(),
-        dim_info: 0,
-        slice_code: 0,
-        slice_start: 0,
-        slice_end: 0,
-        slice_duration: 0.0,
-        extensions: 0,
         affine: vol.affine,
+        ..empty_info(version, Endianness::Little)
     };
     if let Some(s) = src {
         h.pixdim = s.pixdim;
