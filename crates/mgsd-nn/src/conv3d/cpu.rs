@@ -52,6 +52,50 @@ impl SharedMut {
     }
 }
 
+/// A pointwise (1×1×1, stride 1) convolution as one matrix product per batch item, tiled over
+/// the voxels and run in parallel: `dst[b] (m × s) = A · src[b] (k × s)`, added to what `dst`
+/// holds when `read_dst`. `A` (m × k) is read from `a.0` with row stride `a.1` and column
+/// stride `a.2`, so the same routine serves the weight (forward) and its transpose (backward).
+#[allow(clippy::too_many_arguments)]
+fn pointwise_gemm(
+    batch: usize,
+    s: usize,
+    m: usize,
+    k: usize,
+    dst: &mut [f32],
+    read_dst: bool,
+    a: (&[f32], usize, usize),
+    src: &[f32],
+) {
+    let (a, a_rs, a_cs) = a;
+    let pl = tile_len(4 * k, s);
+    let tiles = s.div_ceil(pl);
+    let dstp = SharedMut(dst.as_mut_ptr());
+    (0..batch * tiles).into_par_iter().for_each(|t| {
+        let (b, p0) = (t / tiles, (t % tiles) * pl);
+        let len = pl.min(s - p0);
+        // SAFETY: columns p0..p0+len of batch item b's (m × s) block of `dst` belong to this
+        // task only; `a` and `src` cover the strided matrices read.
+        unsafe {
+            sgemm(
+                m,
+                len,
+                k,
+                dstp.get().add(b * m * s + p0),
+                s,
+                1,
+                read_dst,
+                a.as_ptr(),
+                a_rs,
+                a_cs,
+                src.as_ptr().add(b * k * s + p0),
+                s,
+                1,
+            )
+        }
+    });
+}
+
 /// `dst := (read_dst ? dst : 0) + lhs · rhs`, single-threaded, with row/column strides.
 ///
 /// # Safety
@@ -429,35 +473,11 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], residual: Option<&[f3
         });
     }
     let read_dst = residual.is_some() || g.has_bias;
-    let outp = SharedMut(out.as_mut_ptr());
     if g.is_pointwise() {
-        let pl = tile_len(4 * g.cin, so);
-        let tiles = so.div_ceil(pl);
-        (0..g.n * tiles).into_par_iter().for_each(|t| {
-            let (n, p0) = (t / tiles, (t % tiles) * pl);
-            let len = pl.min(so - p0);
-            // SAFETY: tile (n, p0..p0+len) of every output channel belongs to this task only;
-            // the input and weight slices cover the strided matrices.
-            unsafe {
-                sgemm(
-                    g.cout,
-                    len,
-                    g.cin,
-                    outp.get().add(n * g.cout * so + p0),
-                    so,
-                    1,
-                    read_dst,
-                    wb.as_ptr(),
-                    kc,
-                    1,
-                    x.as_ptr().add(n * g.cin * si + p0),
-                    si,
-                    1,
-                )
-            }
-        });
+        pointwise_gemm(g.n, so, g.cout, g.cin, &mut out, read_dst, (wb, kc, 1), x);
         return out;
     }
+    let outp = SharedMut(out.as_mut_ptr());
     if use_rows(g) {
         forward_rows(g, x, wb, &mut out);
         return out;
@@ -674,35 +694,12 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
         }
     }
     let mut dx = vec![0f32; g.n * g.cin * si];
-    let dxp = SharedMut(dx.as_mut_ptr());
     if g.is_pointwise() {
-        let pl = tile_len(4 * g.cout, si);
-        let tiles = si.div_ceil(pl);
-        (0..g.n * tiles).into_par_iter().for_each(|t| {
-            let (n, p0) = (t / tiles, (t % tiles) * pl);
-            let len = pl.min(si - p0);
-            // SAFETY: (n, p0..p0+len) of every input channel belongs to this task; the weight
-            // read transposed is (cin, cout) with strides (1, kc).
-            unsafe {
-                sgemm(
-                    g.cin,
-                    len,
-                    g.cout,
-                    dxp.get().add(n * g.cin * si + p0),
-                    si,
-                    1,
-                    false,
-                    wb.as_ptr(),
-                    1,
-                    kc,
-                    dy.as_ptr().add(n * g.cout * so + p0),
-                    so,
-                    1,
-                )
-            }
-        });
+        // The weight read transposed is (cin, cout) with strides (1, kc).
+        pointwise_gemm(g.n, si, g.cin, g.cout, &mut dx, false, (wb, 1, kc), dy);
         return dx;
     }
+    let dxp = SharedMut(dx.as_mut_ptr());
     let classes = classes(g, wb);
     let unit_stride = g.stride == [1, 1, 1];
     // Work items: (sample, class, tile).
