@@ -10,6 +10,7 @@
 //! Other devices: the op reports "no cuda implementation"; a later issue adds cuDNN behind the
 //! `cuda` feature.
 
+mod avx512;
 mod cpu;
 
 use candle_core::{

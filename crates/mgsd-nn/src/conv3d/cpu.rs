@@ -25,7 +25,7 @@
 
 use rayon::prelude::*;
 
-use super::ConvGeom;
+use super::{avx512, ConvGeom};
 
 /// Bytes of column matrix per tile: fits next to the gemm's packed blocks in a 1 MiB L2.
 const COL_TILE_BYTES: usize = 384 * 1024;
@@ -300,43 +300,33 @@ fn forward_rows(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
     let [od, oh, ow] = g.output;
     let so = g.out_spatial();
     let si = g.in_spatial();
-    let kc = g.kcols();
     let total_rows = od * oh;
     let tiles = total_rows.div_ceil(t.rows);
     let outp = SharedMut(out.as_mut_ptr());
+    let packed =
+        avx512::available().then(|| avx512::pack_weight(wb, g.kcols(), g.cout, t.k3, g.kernel[2]));
+    // Row stride of the per-tile result: the AVX-512 kernel writes whole 48-position blocks.
+    let tmp_ld = |ext: usize| match packed {
+        Some(_) => ext.next_multiple_of(avx512::E_BLOCK),
+        None => ext,
+    };
+    let col_len = t.k3 * t.ld(g, t.rows) + avx512::SLACK;
     (0..g.n * tiles).into_par_iter().for_each_init(
-        || (vec![0f32; t.k3 * t.ld(g, t.rows)], vec![0f32; g.cout * t.rows * t.wp]),
+        || (vec![0f32; col_len], vec![0f32; g.cout * tmp_ld(t.rows * t.wp)]),
         |(col, tmp), item| {
             let (n, r0) = (item / tiles, (item % tiles) * t.rows);
             let nr = t.rows.min(total_rows - r0);
-            let ld = t.ld(g, nr);
             let ext = nr * t.wp;
+            let tld = tmp_ld(ext);
             im2row(g, &t, &x[n * g.cin * si..(n + 1) * g.cin * si], r0, nr, col);
-            for kw in 0..g.kernel[2] {
-                // SAFETY: tmp is (cout, ext) owned here; the weight read with column stride
-                // k2 from offset kw is (cout, k3); col from offset kw·dw is (k3, ext) with row
-                // stride ld ≥ ext + kw·dw.
-                unsafe {
-                    sgemm(
-                        g.cout,
-                        ext,
-                        t.k3,
-                        tmp.as_mut_ptr(),
-                        ext,
-                        1,
-                        kw > 0,
-                        wb.as_ptr().add(kw),
-                        kc,
-                        g.kernel[2],
-                        col.as_ptr().add(kw * g.dilation[2]),
-                        ld,
-                        1,
-                    )
-                }
+            match &packed {
+                #[cfg(target_arch = "x86_64")]
+                Some(p) => rows_forward_avx512(g, &t, nr, col, p, tmp, tld),
+                _ => rows_forward_gemm(g, &t, nr, col, wb, tmp),
             }
             for co in 0..g.cout {
                 for i in 0..nr {
-                    let src = &tmp[co * ext + i * t.wp..co * ext + i * t.wp + ow];
+                    let src = &tmp[co * tld + i * t.wp..co * tld + i * t.wp + ow];
                     let at = (n * g.cout + co) * so + (r0 + i) * ow;
                     // SAFETY: output rows r0..r0+nr of sample n belong to this task.
                     let dst = unsafe { std::slice::from_raw_parts_mut(outp.get().add(at), ow) };
@@ -347,68 +337,180 @@ fn forward_rows(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
     );
 }
 
+/// `tmp (cout, ext) = Σ_kw W[:, :, kw] · col[:, kw·dw ..]` with one gemm per W tap.
+fn rows_forward_gemm(
+    g: &ConvGeom,
+    t: &RowTile,
+    nr: usize,
+    col: &[f32],
+    wb: &[f32],
+    tmp: &mut [f32],
+) {
+    let ld = t.ld(g, nr);
+    let ext = nr * t.wp;
+    for kw in 0..g.kernel[2] {
+        // SAFETY: tmp is (cout, ext) owned here; the weight read with column stride k2 from
+        // offset kw is (cout, k3); col from offset kw·dw is (k3, ext) with row stride
+        // ld ≥ ext + kw·dw.
+        unsafe {
+            sgemm(
+                g.cout,
+                ext,
+                t.k3,
+                tmp.as_mut_ptr(),
+                ext,
+                1,
+                kw > 0,
+                wb.as_ptr().add(kw),
+                g.kcols(),
+                g.kernel[2],
+                col.as_ptr().add(kw * g.dilation[2]),
+                ld,
+                1,
+            )
+        }
+    }
+}
+
+/// The same product as [`rows_forward_gemm`] with the AVX-512 kernel, rows of stride `tld`.
+#[cfg(target_arch = "x86_64")]
+fn rows_forward_avx512(
+    g: &ConvGeom,
+    t: &RowTile,
+    nr: usize,
+    col: &[f32],
+    packed: &[f32],
+    tmp: &mut [f32],
+    tld: usize,
+) {
+    debug_assert!(col.len() >= t.k3 * t.ld(g, nr) + avx512::SLACK && tmp.len() >= g.cout * tld);
+    // SAFETY: `packed` exists only when AVX-512F was detected; col carries SLACK floats past
+    // its k3 rows of stride ld, which covers the rounded-up last block; tmp is (cout, tld).
+    unsafe {
+        avx512::rows_forward(
+            col.as_ptr(),
+            t.ld(g, nr),
+            t.k3,
+            g.kernel[2],
+            g.dilation[2],
+            packed,
+            g.cout,
+            nr * t.wp,
+            tmp.as_mut_ptr(),
+            tld,
+        )
+    }
+}
+
 /// Gradient of the weight matrix with the row-wise kernel.
 fn backward_weight_rows(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let t = RowTile::new(g);
+    // The AVX-512 kernel handles the W-kernel width 3 (every 3×3×3 convolution).
+    let vector = g.kernel[2] == 3 && avx512::available();
+    let mut t = RowTile::new(g);
+    if vector {
+        // The kernel reduces each of its accumulators once per tile, so tiles need enough
+        // positions to amortise that; the column matrix only streams through (one new cache
+        // line per 24 FMAs), so it may outgrow L2.
+        t.rows = t.rows.max(avx512::GRAD_WEIGHT_MIN_EXT.div_ceil(t.wp));
+    }
     let [od, oh, ow] = g.output;
     let so = g.out_spatial();
     let si = g.in_spatial();
     let kc = g.kcols();
     let k = g.k_rows();
     let total_rows = od * oh;
+    t.rows = t.rows.min(total_rows);
     let tiles = total_rows.div_ceil(t.rows);
     let items = g.n * tiles;
+    // Row stride of dY in the extended layout: whole 16-lane vectors, zero past `ext`.
+    let dyx_ld = |ext: usize| if vector { ext.next_multiple_of(16) } else { ext };
     let chunks = (rayon::current_num_threads() * 2).min(items).max(1);
     let partial: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|c| {
             let mut acc = vec![0f32; g.cout * kc];
-            let mut col = vec![0f32; t.k3 * t.ld(g, t.rows)];
-            let mut dyx = vec![0f32; g.cout * t.rows * t.wp];
+            let mut col = vec![0f32; t.k3 * t.ld(g, t.rows) + avx512::SLACK];
+            let mut dyx = vec![0f32; g.cout * dyx_ld(t.rows * t.wp)];
             for item in (c * items / chunks)..((c + 1) * items / chunks) {
                 let (n, r0) = (item / tiles, (item % tiles) * t.rows);
                 let nr = t.rows.min(total_rows - r0);
-                let ld = t.ld(g, nr);
                 let ext = nr * t.wp;
+                let dld = dyx_ld(ext);
                 im2row(g, &t, &x[n * g.cin * si..(n + 1) * g.cin * si], r0, nr, &mut col);
                 // dY in the extended layout, zero at the junk positions.
                 for co in 0..g.cout {
                     let src = &dy[(n * g.cout + co) * so + r0 * ow..][..nr * ow];
-                    let dst = &mut dyx[co * ext..(co + 1) * ext];
+                    let dst = &mut dyx[co * dld..(co + 1) * dld];
                     for i in 0..nr {
                         dst[i * t.wp..i * t.wp + ow].copy_from_slice(&src[i * ow..(i + 1) * ow]);
                         dst[i * t.wp + ow..(i + 1) * t.wp].fill(0.0);
                     }
+                    dst[ext..].fill(0.0);
                     if g.has_bias {
                         acc[co * kc + k] += src.iter().sum::<f32>();
                     }
                 }
-                for kw in 0..g.kernel[2] {
-                    // SAFETY: acc columns kw, kw+k2, … of (cout, kc) are owned here; dyx is
-                    // (cout, ext); col from offset kw·dw read transposed is (ext, k3).
+                if vector {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX-512F was detected; col carries SLACK floats past its k3 rows
+                    // of stride ld (≥ the 16-rounded ext + 2·dw reach); dyx is (cout, dld)
+                    // with zeros past ext; acc is (cout, kc) with kc ≥ 3·k3.
                     unsafe {
-                        sgemm(
-                            g.cout,
+                        avx512::rows_grad_weight(
+                            col.as_ptr(),
+                            t.ld(g, nr),
                             t.k3,
-                            ext,
-                            acc.as_mut_ptr().add(kw),
-                            kc,
-                            g.kernel[2],
-                            true,
+                            g.dilation[2],
                             dyx.as_ptr(),
+                            dld,
+                            g.cout,
                             ext,
-                            1,
-                            col.as_ptr().add(kw * g.dilation[2]),
-                            1,
-                            ld,
+                            &mut acc,
+                            kc,
                         )
                     }
+                } else {
+                    grad_weight_rows_gemm(g, &t, nr, &col, &dyx, &mut acc);
                 }
             }
             acc
         })
         .collect();
     sum_partials(partial, g.cout * kc)
+}
+
+/// `acc[:, kw::k2] += dY · col[:, kw·dw ..]ᵀ`, one gemm per W tap; `dyx` is `(cout, ext)`.
+fn grad_weight_rows_gemm(
+    g: &ConvGeom,
+    t: &RowTile,
+    nr: usize,
+    col: &[f32],
+    dyx: &[f32],
+    acc: &mut [f32],
+) {
+    let ld = t.ld(g, nr);
+    let ext = nr * t.wp;
+    for kw in 0..g.kernel[2] {
+        // SAFETY: acc columns kw, kw+k2, … of (cout, kc) are owned here; dyx is (cout, ext);
+        // col from offset kw·dw read transposed is (ext, k3).
+        unsafe {
+            sgemm(
+                g.cout,
+                t.k3,
+                ext,
+                acc.as_mut_ptr().add(kw),
+                g.kcols(),
+                g.kernel[2],
+                true,
+                dyx.as_ptr(),
+                ext,
+                1,
+                col.as_ptr().add(kw * g.dilation[2]),
+                1,
+                ld,
+            )
+        }
+    }
 }
 
 fn sum_partials(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {

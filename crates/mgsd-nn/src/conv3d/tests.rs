@@ -205,6 +205,32 @@ fn many_tiles_and_classes_match_reference() -> Result<()> {
     check(case(1, 3, 4, [40, 41, 39], Conv3dConfig::cube(1)))
 }
 
+/// Cases for the row-wise kernels: several channel blocks (cout 8, 9, 17 with a partial last
+/// block), many tiles, a bias, a residual, dilation along W.
+fn row_kernel_cases() -> Vec<Case> {
+    let k3 = Conv3dConfig::cube(3).padding(1);
+    vec![
+        case(1, 16, 16, [10, 12, 33], k3),
+        Case { residual: true, ..case(2, 5, 9, [7, 6, 50], k3) },
+        case(1, 3, 17, [5, 9, 18], k3.bias(false)),
+        case(1, 4, 3, [6, 5, 20], Conv3dConfig::cube(3).padding(2).dilation(2)),
+        case(1, 40, 6, [9, 10, 11], k3),
+    ]
+}
+
+#[test]
+fn row_kernels_match_reference_on_both_paths() -> Result<()> {
+    // Which path runs depends on the CPU (AVX-512F or not); the portable path is forced here
+    // so that both are checked on AVX-512 machines.
+    for portable in [false, true] {
+        super::avx512::FORCE_PORTABLE.with(|f| f.set(portable));
+        let result = row_kernel_cases().into_iter().try_for_each(check);
+        super::avx512::FORCE_PORTABLE.with(|f| f.set(false));
+        result?;
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_shapes_are_errors_naming_them() -> Result<()> {
     let dev = Device::Cpu;
