@@ -26,6 +26,7 @@
 use rayon::prelude::*;
 
 use super::{avx512, ConvGeom};
+use crate::cpu_f32;
 
 /// Bytes of column matrix per tile: fits next to the gemm's packed blocks in a 1 MiB L2.
 const COL_TILE_BYTES: usize = 384 * 1024;
@@ -564,16 +565,18 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], residual: Option<&[f3
     let si = g.in_spatial();
     let k = g.k_rows();
     let kc = g.kcols();
-    let mut out = match residual {
-        Some(r) => r.to_vec(),
-        None => vec![0f32; g.n * g.cout * so],
-    };
-    if g.has_bias {
-        out.par_chunks_mut(so).enumerate().for_each(|(i, ch)| {
-            let b = wb[(i % g.cout) * kc + k];
-            ch.iter_mut().for_each(|v| *v += b);
-        });
-    }
+    // `out` starts as bias + residual, written (not updated) once; the kernels add into it.
+    let mut out = cpu_f32::par_init(g.n * g.cout * so, so, |i, dst| {
+        let b = if g.has_bias { wb[(i % g.cout) * kc + k] } else { 0.0 };
+        match residual {
+            Some(r) => dst.iter_mut().zip(&r[i * so..]).for_each(|(d, r)| {
+                d.write(r + b);
+            }),
+            None => dst.iter_mut().for_each(|d| {
+                d.write(b);
+            }),
+        }
+    });
     let read_dst = residual.is_some() || g.has_bias;
     if g.is_pointwise() {
         pointwise_gemm(g.n, so, g.cout, g.cin, &mut out, read_dst, (wb, kc, 1), x);
