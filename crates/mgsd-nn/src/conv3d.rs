@@ -12,6 +12,7 @@
 
 mod avx512;
 mod cpu;
+mod strided_rows;
 
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,

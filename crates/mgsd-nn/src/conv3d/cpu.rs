@@ -25,11 +25,11 @@
 
 use rayon::prelude::*;
 
-use super::{avx512, ConvGeom};
+use super::{avx512, strided_rows, ConvGeom};
 use crate::cpu_f32;
 
 /// Bytes of column matrix per tile: fits next to the gemm's packed blocks in a 1 MiB L2.
-const COL_TILE_BYTES: usize = 384 * 1024;
+pub(super) const COL_TILE_BYTES: usize = 384 * 1024;
 
 /// Output positions per tile for a column matrix of `k_rows` rows.
 fn tile_len(k_rows: usize, total: usize) -> usize {
@@ -41,14 +41,14 @@ fn tile_len(k_rows: usize, total: usize) -> usize {
 
 /// A raw pointer that tiles share; every tile writes a disjoint region.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(super) struct SharedMut(pub(super) *mut f32);
 // SAFETY: the pointer is only used to write regions that no other task touches, while the
 // owning Vec outlives the parallel section.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -149,7 +149,14 @@ unsafe fn sgemm(
 
 /// Signed index `o·s + k·d − p` inside `[0, len)`, else `None`.
 #[inline]
-fn in_range(o: usize, s: usize, k: usize, d: usize, p: usize, len: usize) -> Option<usize> {
+pub(super) fn in_range(
+    o: usize,
+    s: usize,
+    k: usize,
+    d: usize,
+    p: usize,
+    len: usize,
+) -> Option<usize> {
     let i = (o * s + k * d) as isize - p as isize;
     (i >= 0 && (i as usize) < len).then_some(i as usize)
 }
@@ -514,7 +521,7 @@ fn grad_weight_rows_gemm(
     }
 }
 
-fn sum_partials(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+pub(super) fn sum_partials(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut iter = partial.into_iter();
     let mut total = iter.next().unwrap_or_else(|| vec![0f32; len]);
     for p in iter {
@@ -587,6 +594,10 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], residual: Option<&[f3
         forward_rows(g, x, wb, &mut out);
         return out;
     }
+    if strided_rows::applies(g) {
+        strided_rows::forward(g, x, wb, &mut out);
+        return out;
+    }
     let pl = tile_len(k, so);
     let tiles = so.div_ceil(pl);
     (0..g.n * tiles).into_par_iter().for_each_init(
@@ -622,6 +633,11 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], residual: Option<&[f3
 pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if use_rows(g) {
         return backward_weight_rows(g, x, dy);
+    }
+    if strided_rows::applies(g) {
+        if let Some(dw) = strided_rows::backward_weight(g, x, dy) {
+            return dw;
+        }
     }
     let so = g.out_spatial();
     let si = g.in_spatial();

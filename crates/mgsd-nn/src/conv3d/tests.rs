@@ -215,6 +215,13 @@ fn row_kernel_cases() -> Vec<Case> {
         case(1, 3, 17, [5, 9, 18], k3.bias(false)),
         case(1, 4, 3, [6, 5, 20], Conv3dConfig::cube(3).padding(2).dilation(2)),
         case(1, 40, 6, [9, 10, 11], k3),
+        // Strided along W: phase rows (span 2 for k3 s2 p1, 3 for k4 s2 p1, 3 for k3 s3 d2).
+        case(1, 16, 32, [9, 12, 33], k3.stride(2)),
+        Case {
+            residual: true,
+            ..case(2, 3, 9, [8, 10, 6], Conv3dConfig::cube(4).stride(2).padding(1))
+        },
+        case(1, 5, 4, [7, 7, 40], Conv3dConfig::cube(3).stride(3).dilation(2).padding(2)),
     ]
 }
 
