@@ -131,8 +131,12 @@ const TERM_RTOL: f64 = 1e-5;
 /// The modality term is a difference of nearly equal attention outputs (observed ≤ 3e-6).
 const MODALITY_RTOL: f64 = 3e-5;
 /// Gradient tolerance: ‖got − want‖₂ ≤ GRAD_RTOL · ‖want‖₂ per tensor (observed ≤ 1.4e-4, for
-/// `unet.conv1a.weight`; f32 PyTorch itself is 1.6e-3 off on the discriminator's first layer).
+/// `unet.conv1a.weight`).
 const GRAD_RTOL: f64 = 1e-3;
+/// The discriminator's first layer is ill-conditioned in f32: f32 PyTorch itself is 1.61e-3 off
+/// the float64 reference there. Our AVX-512 strided convolution (a different summation order
+/// in the discriminator's forward) lands on the same 1.61e-3; the portable path on 1e-6.
+const DISC_FIRST_LAYER_RTOL: f64 = 3e-3;
 
 #[test]
 fn loss_terms_and_gradients_match_pytorch() {
@@ -184,10 +188,8 @@ fn loss_terms_and_gradients_match_pytorch() {
             let (scale, err) = (norm(want), norm(&(got - want).unwrap()));
             eprintln!("{key:>80}: ‖g‖ {scale:.3e}, ‖Δ‖/‖g‖ {:.2e}", err / scale);
             assert!(scale > 0.0, "{key}: the reference gradient is zero");
-            assert!(
-                err <= GRAD_RTOL * scale,
-                "{key}: ‖Δ‖ {err:.3e} > {GRAD_RTOL} · ‖g‖ {scale:.3e}"
-            );
+            let rtol = if key == "d_grad.0.weight" { DISC_FIRST_LAYER_RTOL } else { GRAD_RTOL };
+            assert!(err <= rtol * scale, "{key}: ‖Δ‖ {err:.3e} > {rtol} · ‖g‖ {scale:.3e}");
         }
     }
 }
