@@ -12,6 +12,8 @@
 //! Both are used only when the CPU reports AVX-512F at run time ([`available`]); otherwise
 //! `cpu.rs` keeps its gemm path. Tests compare both paths with the slow reference.
 
+use rayon::prelude::*;
+
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{
     __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps,
@@ -56,14 +58,15 @@ pub(super) fn available() -> bool {
 pub(super) fn pack_weight(wb: &[f32], kc: usize, cout: usize, k3: usize, k2: usize) -> Vec<f32> {
     let blocks = cout.div_ceil(CO_BLOCK);
     let mut packed = vec![0f32; blocks * k3 * k2 * CO_BLOCK];
-    for co in 0..cout {
-        let (b, j) = (co / CO_BLOCK, co % CO_BLOCK);
-        for r in 0..k3 {
-            for kw in 0..k2 {
-                packed[((b * k3 + r) * k2 + kw) * CO_BLOCK + j] = wb[co * kc + r * k2 + kw];
+    // One block per task: a 128 → 128 weight is 1.7 MB, repacked at every call.
+    packed.par_chunks_mut(k3 * k2 * CO_BLOCK).enumerate().for_each(|(b, blk)| {
+        for j in 0..CO_BLOCK.min(cout - b * CO_BLOCK) {
+            let w = &wb[(b * CO_BLOCK + j) * kc..][..k3 * k2];
+            for (i, v) in w.iter().enumerate() {
+                blk[i * CO_BLOCK + j] = *v;
             }
         }
-    }
+    });
     packed
 }
 

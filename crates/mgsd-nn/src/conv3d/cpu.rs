@@ -264,7 +264,18 @@ impl RowTile {
 }
 
 /// Gathers the row-wise column matrix of output rows `r0..r0+nr` of one sample.
-fn im2row(g: &ConvGeom, t: &RowTile, xs: &[f32], r0: usize, nr: usize, col: &mut [f32]) {
+///
+/// `zero_padding` writes the padding columns and the tail of every row. They are the same for
+/// every tile of the same `nr` and nothing else writes them, so a caller that reuses `col` with
+/// an unchanged `nr` passes `false` (the per-row fills were a tenth of the gather).
+fn im2row(
+    g: &ConvGeom,
+    t: &RowTile,
+    xs: &[f32],
+    (r0, nr): (usize, usize),
+    zero_padding: bool,
+    col: &mut [f32],
+) {
     let [_, oh, _] = g.output;
     let [id, ih, iw] = g.input;
     let [k0, k1, _] = g.kernel;
@@ -289,14 +300,18 @@ fn im2row(g: &ConvGeom, t: &RowTile, xs: &[f32], r0: usize, nr: usize, col: &mut
                     ) {
                         (Some(xd), Some(xh)) => {
                             let src = &xc[xd * plane + xh * iw..xd * plane + xh * iw + iw];
-                            seg[..q2].fill(0.0);
+                            if zero_padding {
+                                seg[..q2].fill(0.0);
+                                seg[q2 + iw..].fill(0.0);
+                            }
                             seg[q2..q2 + iw].copy_from_slice(src);
-                            seg[q2 + iw..].fill(0.0);
                         }
                         _ => seg.fill(0.0),
                     }
                 }
-                dst[nr * t.wp..].fill(0.0);
+                if zero_padding {
+                    dst[nr * t.wp..].fill(0.0);
+                }
             }
         }
     }
@@ -320,13 +335,14 @@ fn forward_rows(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
     };
     let col_len = t.k3 * t.ld(g, t.rows) + avx512::SLACK;
     (0..g.n * tiles).into_par_iter().for_each_init(
-        || (vec![0f32; col_len], vec![0f32; g.cout * tmp_ld(t.rows * t.wp)]),
-        |(col, tmp), item| {
+        || (vec![0f32; col_len], vec![0f32; g.cout * tmp_ld(t.rows * t.wp)], 0),
+        |(col, tmp, col_nr), item| {
             let (n, r0) = (item / tiles, (item % tiles) * t.rows);
             let nr = t.rows.min(total_rows - r0);
             let ext = nr * t.wp;
             let tld = tmp_ld(ext);
-            im2row(g, &t, &x[n * g.cin * si..(n + 1) * g.cin * si], r0, nr, col);
+            let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
+            im2row(g, &t, xs, (r0, nr), std::mem::replace(col_nr, nr) != nr, col);
             match &packed {
                 #[cfg(target_arch = "x86_64")]
                 Some(p) => rows_forward_avx512(g, &t, nr, col, p, tmp, tld),
@@ -439,12 +455,15 @@ fn backward_weight_rows(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             let mut acc = vec![0f32; g.cout * kc];
             let mut col = vec![0f32; t.k3 * t.ld(g, t.rows) + avx512::SLACK];
             let mut dyx = vec![0f32; g.cout * dyx_ld(t.rows * t.wp)];
+            let mut col_nr = 0;
             for item in (c * items / chunks)..((c + 1) * items / chunks) {
                 let (n, r0) = (item / tiles, (item % tiles) * t.rows);
                 let nr = t.rows.min(total_rows - r0);
                 let ext = nr * t.wp;
                 let dld = dyx_ld(ext);
-                im2row(g, &t, &x[n * g.cin * si..(n + 1) * g.cin * si], r0, nr, &mut col);
+                let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
+                let fresh = std::mem::replace(&mut col_nr, nr) != nr;
+                im2row(g, &t, xs, (r0, nr), fresh, &mut col);
                 // dY in the extended layout, zero at the junk positions.
                 for co in 0..g.cout {
                     let src = &dy[(n * g.cout + co) * so + r0 * ow..][..nr * ow];
