@@ -13,6 +13,7 @@
 mod avx512;
 mod cpu;
 mod strided_rows;
+mod transposed_rows;
 
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,

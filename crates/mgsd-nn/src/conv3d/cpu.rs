@@ -25,7 +25,7 @@
 
 use rayon::prelude::*;
 
-use super::{avx512, strided_rows, ConvGeom};
+use super::{avx512, strided_rows, transposed_rows, ConvGeom};
 use crate::cpu_f32;
 
 /// Bytes of column matrix per tile: fits next to the gemm's packed blocks in a 1 MiB L2.
@@ -716,7 +716,7 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// Kernel taps of one axis that reach input positions `r, r+s, r+2s, …`, with the output
 /// offset `q` such that output index = class index + q.
-fn taps(r: usize, k: usize, s: usize, d: usize, p: usize) -> Vec<(usize, isize)> {
+pub(super) fn taps(r: usize, k: usize, s: usize, d: usize, p: usize) -> Vec<(usize, isize)> {
     (0..k)
         .filter_map(|t| {
             let num = r as isize + p as isize - (t * d) as isize;
@@ -832,6 +832,9 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
         if let Some(dx) = backward_input_as_conv(g, dy, wb) {
             return dx;
         }
+    }
+    if transposed_rows::applies(g) {
+        return transposed_rows::backward_input(g, dy, wb);
     }
     let mut dx = vec![0f32; g.n * g.cin * si];
     if g.is_pointwise() {
