@@ -149,7 +149,7 @@ unsafe fn sgemm(
 
 /// Signed index `o·s + k·d − p` inside `[0, len)`, else `None`.
 #[inline]
-pub(super) fn in_range(
+fn in_range(
     o: usize,
     s: usize,
     k: usize,
@@ -261,18 +261,48 @@ impl RowTile {
     fn ld(&self, g: &ConvGeom, nr: usize) -> usize {
         nr * self.wp + (g.kernel[2] - 1) * g.dilation[2]
     }
+
+    /// The gather of this layout: whole padded input rows.
+    fn map(&self, g: &ConvGeom) -> RowMap {
+        RowMap { step: 1, phases: 1, first: -(g.padding[2] as isize), wp: self.wp }
+    }
 }
 
-/// Gathers the row-wise column matrix of output rows `r0..r0+nr` of one sample.
+/// How the positions of a row-wise column matrix map to input columns: position `j` of a row
+/// of phase `φ` holds input column `first + φ + j·step`, or zero outside the input. The
+/// unit-stride layout is `step = 1`, one phase, `first = −pw`; [`super::strided_rows`] has
+/// `step = phases = s`.
+#[derive(Clone, Copy)]
+pub(super) struct RowMap {
+    pub step: usize,
+    pub phases: usize,
+    pub first: isize,
+    /// Positions per output row.
+    pub wp: usize,
+}
+
+impl RowMap {
+    /// Positions `lo..hi` of a row of phase `phase` that fall inside the input row.
+    fn inside(&self, phase: usize, iw: usize) -> (usize, usize) {
+        let (s, first) = (self.step as isize, self.first + phase as isize);
+        let lo = if first >= 0 { 0 } else { (-first + s - 1) / s };
+        let hi = if first >= iw as isize { 0 } else { (iw as isize - first + s - 1) / s };
+        let hi = (hi as usize).min(self.wp);
+        ((lo as usize).min(hi), hi)
+    }
+}
+
+/// Gathers the rows `(ci, kd, kh, φ)` of output rows `r0..r0+nr` of one sample `xs`
+/// (`(Cin, D, H, W)`) into `col`, row stride `ld`.
 ///
-/// `zero_padding` writes the padding columns and the tail of every row. They are the same for
-/// every tile of the same `nr` and nothing else writes them, so a caller that reuses `col` with
-/// an unchanged `nr` passes `false` (the per-row fills were a tenth of the gather).
-fn im2row(
+/// `zero_padding` writes the zeros outside the input and the tail of every row. They are the
+/// same for every tile of the same `nr` and nothing else writes them, so a caller that reuses
+/// `col` with an unchanged `nr` passes `false` (the per-row fills were a tenth of the gather).
+pub(super) fn gather_rows(
     g: &ConvGeom,
-    t: &RowTile,
+    map: RowMap,
     xs: &[f32],
-    (r0, nr): (usize, usize),
+    (r0, nr, ld): (usize, usize, usize),
     zero_padding: bool,
     col: &mut [f32],
 ) {
@@ -281,36 +311,44 @@ fn im2row(
     let [k0, k1, _] = g.kernel;
     let [s0, s1, _] = g.stride;
     let [d0, d1, _] = g.dilation;
-    let [q0, q1, q2] = g.padding;
-    let ld = t.ld(g, nr);
+    let [q0, q1, _] = g.padding;
     let plane = ih * iw;
+    let ranges: Vec<(usize, usize)> = (0..map.phases).map(|p| map.inside(p, iw)).collect();
     let mut row = 0;
     for ci in 0..g.cin {
         let xc = &xs[ci * id * plane..(ci + 1) * id * plane];
         for kd in 0..k0 {
             for kh in 0..k1 {
-                let dst = &mut col[row * ld..(row + 1) * ld];
-                row += 1;
-                for i in 0..nr {
-                    let r = r0 + i;
-                    let seg = &mut dst[i * t.wp..(i + 1) * t.wp];
-                    match (
-                        in_range(r / oh, s0, kd, d0, q0, id),
-                        in_range(r % oh, s1, kh, d1, q1, ih),
-                    ) {
-                        (Some(xd), Some(xh)) => {
-                            let src = &xc[xd * plane + xh * iw..xd * plane + xh * iw + iw];
-                            if zero_padding {
-                                seg[..q2].fill(0.0);
-                                seg[q2 + iw..].fill(0.0);
+                for (phase, &(lo, hi)) in ranges.iter().enumerate() {
+                    let dst = &mut col[row * ld..(row + 1) * ld];
+                    row += 1;
+                    let start = map.first + (phase + lo * map.step) as isize;
+                    for i in 0..nr {
+                        let r = r0 + i;
+                        let seg = &mut dst[i * map.wp..(i + 1) * map.wp];
+                        match (
+                            in_range(r / oh, s0, kd, d0, q0, id),
+                            in_range(r % oh, s1, kh, d1, q1, ih),
+                        ) {
+                            (Some(xd), Some(xh)) if lo < hi => {
+                                let src = &xc[xd * plane + xh * iw..][..iw][start as usize..];
+                                if zero_padding {
+                                    seg[..lo].fill(0.0);
+                                    seg[hi..].fill(0.0);
+                                }
+                                if map.step == 1 {
+                                    seg[lo..hi].copy_from_slice(&src[..hi - lo]);
+                                } else {
+                                    let from = src.iter().step_by(map.step);
+                                    seg[lo..hi].iter_mut().zip(from).for_each(|(v, x)| *v = *x);
+                                }
                             }
-                            seg[q2..q2 + iw].copy_from_slice(src);
+                            _ => seg.fill(0.0),
                         }
-                        _ => seg.fill(0.0),
                     }
-                }
-                if zero_padding {
-                    dst[nr * t.wp..].fill(0.0);
+                    if zero_padding {
+                        dst[nr * map.wp..].fill(0.0);
+                    }
                 }
             }
         }
@@ -342,7 +380,8 @@ fn forward_rows(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
             let ext = nr * t.wp;
             let tld = tmp_ld(ext);
             let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
-            im2row(g, &t, xs, (r0, nr), std::mem::replace(col_nr, nr) != nr, col);
+            let fresh = std::mem::replace(col_nr, nr) != nr;
+            gather_rows(g, t.map(g), xs, (r0, nr, t.ld(g, nr)), fresh, col);
             match &packed {
                 #[cfg(target_arch = "x86_64")]
                 Some(p) => rows_forward_avx512(g, &t, nr, col, p, tmp, tld),
@@ -463,7 +502,7 @@ fn backward_weight_rows(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 let dld = dyx_ld(ext);
                 let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
                 let fresh = std::mem::replace(&mut col_nr, nr) != nr;
-                im2row(g, &t, xs, (r0, nr), fresh, &mut col);
+                gather_rows(g, t.map(g), xs, (r0, nr, t.ld(g, nr)), fresh, &mut col);
                 // dY in the extended layout, zero at the junk positions.
                 for co in 0..g.cout {
                     let src = &dy[(n * g.cout + co) * so + r0 * ow..][..nr * ow];

@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use super::avx512;
-use super::cpu::{in_range, sum_partials, SharedMut, COL_TILE_BYTES};
+use super::cpu::{gather_rows, sum_partials, RowMap, SharedMut, COL_TILE_BYTES};
 use super::ConvGeom;
 
 /// Where one W tap lives in the phase layout.
@@ -78,63 +78,9 @@ impl PhaseRows {
         self.k3 * self.ld(self.rows) + avx512::SLACK
     }
 
-    /// The positions `lo..hi` of a phase row whose input column `first + j·s` is inside
-    /// `[0, iw)`.
-    fn inside(&self, first: isize, iw: usize) -> (usize, usize) {
-        let s = self.s as isize;
-        let lo = if first >= 0 { 0 } else { (-first + s - 1) / s };
-        let hi = if (iw as isize) <= first { 0 } else { (iw as isize - first + s - 1) / s };
-        let hi = (hi as usize).min(self.wp);
-        ((lo as usize).min(hi), hi)
-    }
-
-    /// Gathers the phase rows of output rows `r0..r0+nr` of one sample `xs`.
-    fn gather(&self, g: &ConvGeom, xs: &[f32], r0: usize, nr: usize, col: &mut [f32]) {
-        let [_, oh, _] = g.output;
-        let [id, ih, iw] = g.input;
-        let [k0, k1, _] = g.kernel;
-        let [s0, s1, _] = g.stride;
-        let [d0, d1, _] = g.dilation;
-        let [q0, q1, _] = g.padding;
-        let ld = self.ld(nr);
-        let plane = ih * iw;
-        let mut row = 0;
-        for ci in 0..g.cin {
-            let xc = &xs[ci * id * plane..(ci + 1) * id * plane];
-            for kd in 0..k0 {
-                for kh in 0..k1 {
-                    for phase in 0..self.s {
-                        let dst = &mut col[row * ld..(row + 1) * ld];
-                        row += 1;
-                        // Input column of phase-row position j: s·(j + q_min) + φ.
-                        let first = self.qmin * self.s as isize + phase as isize;
-                        for i in 0..nr {
-                            let r = r0 + i;
-                            let seg = &mut dst[i * self.wp..(i + 1) * self.wp];
-                            match (
-                                in_range(r / oh, s0, kd, d0, q0, id),
-                                in_range(r % oh, s1, kh, d1, q1, ih),
-                            ) {
-                                (Some(xd), Some(xh)) => {
-                                    let src = &xc[xd * plane + xh * iw..][..iw];
-                                    let (lo, hi) = self.inside(first, iw);
-                                    seg[..lo].fill(0.0);
-                                    if lo < hi {
-                                        let s = self.s;
-                                        let start = (first + (lo * s) as isize) as usize;
-                                        let from = src[start..].iter().step_by(s);
-                                        seg[lo..hi].iter_mut().zip(from).for_each(|(v, x)| *v = *x);
-                                    }
-                                    seg[hi..].fill(0.0);
-                                }
-                                _ => seg.fill(0.0),
-                            }
-                        }
-                        dst[nr * self.wp..].fill(0.0);
-                    }
-                }
-            }
-        }
+    /// The gather of this layout: phase rows.
+    fn map(&self) -> RowMap {
+        RowMap { step: self.s, phases: self.s, first: self.qmin * self.s as isize, wp: self.wp }
     }
 }
 
@@ -168,13 +114,15 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
     let tmp_len = g.cout * (t.rows * t.wp).next_multiple_of(avx512::E_BLOCK);
     let outp = SharedMut(out.as_mut_ptr());
     (0..g.n * tiles).into_par_iter().for_each_init(
-        || (vec![0f32; t.col_len()], vec![0f32; tmp_len]),
-        |(col, tmp), item| {
+        || (vec![0f32; t.col_len()], vec![0f32; tmp_len], 0),
+        |(col, tmp, col_nr), item| {
             let (n, r0) = (item / tiles, (item % tiles) * t.rows);
             let nr = t.rows.min(total_rows - r0);
             let ext = nr * t.wp;
             let tld = ext.next_multiple_of(avx512::E_BLOCK);
-            t.gather(g, &x[n * g.cin * si..(n + 1) * g.cin * si], r0, nr, col);
+            let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
+            let fresh = std::mem::replace(col_nr, nr) != nr;
+            gather_rows(g, t.map(), xs, (r0, nr, t.ld(nr)), fresh, col);
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `applies` checked AVX-512F; col has SLACK floats past its k3 rows of
             // stride ld = ext + span − 1; tmp is (cout, tld) with tld the 48-rounded ext.
@@ -232,12 +180,15 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Option<Vec
             let mut bias = vec![0f32; g.cout];
             let mut col = vec![0f32; t.col_len()];
             let mut dyx = vec![0f32; g.cout * (t.rows * t.wp).next_multiple_of(16)];
+            let mut col_nr = 0;
             for item in (c * items / chunks)..((c + 1) * items / chunks) {
                 let (n, r0) = (item / tiles, (item % tiles) * t.rows);
                 let nr = t.rows.min(total_rows - r0);
                 let ext = nr * t.wp;
                 let dld = ext.next_multiple_of(16);
-                t.gather(g, &x[n * g.cin * si..(n + 1) * g.cin * si], r0, nr, &mut col);
+                let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
+                let fresh = std::mem::replace(&mut col_nr, nr) != nr;
+                gather_rows(g, t.map(), xs, (r0, nr, t.ld(nr)), fresh, &mut col);
                 for co in 0..g.cout {
                     let src = &dy[(n * g.cout + co) * so + r0 * ow..][..nr * ow];
                     let dst = &mut dyx[co * dld..(co + 1) * dld];
