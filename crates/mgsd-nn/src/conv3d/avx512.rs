@@ -26,6 +26,9 @@ pub(super) const CO_BLOCK: usize = 8;
 pub(super) const E_BLOCK: usize = 48;
 /// Positions per tile below which [`rows_grad_weight`]'s final reductions cost too much.
 pub(super) const GRAD_WEIGHT_MIN_EXT: usize = 1024;
+/// Positions per tile below which [`rows_forward`]'s rounding up to [`E_BLOCK`] wastes too much
+/// (at most a twelfth here).
+pub(super) const FORWARD_MIN_EXT: usize = 4 * E_BLOCK;
 /// Floats the kernels may read past the last position of a buffer (rounded-up tiles).
 pub(super) const SLACK: usize = E_BLOCK + 16;
 

@@ -149,14 +149,7 @@ unsafe fn sgemm(
 
 /// Signed index `o·s + k·d − p` inside `[0, len)`, else `None`.
 #[inline]
-fn in_range(
-    o: usize,
-    s: usize,
-    k: usize,
-    d: usize,
-    p: usize,
-    len: usize,
-) -> Option<usize> {
+fn in_range(o: usize, s: usize, k: usize, d: usize, p: usize, len: usize) -> Option<usize> {
     let i = (o * s + k * d) as isize - p as isize;
     (i >= 0 && (i as usize) < len).then_some(i as usize)
 }
@@ -233,6 +226,12 @@ fn use_rows(g: &ConvGeom) -> bool {
     g.stride[2] == 1 && g.kernel[2] > 1
 }
 
+/// Output rows per tile of a row-wise layout with `row_floats` column-matrix floats and `wp`
+/// positions per output row: what fits [`COL_TILE_BYTES`], but at least `min_ext` positions.
+pub(super) fn tile_rows(row_floats: usize, wp: usize, min_ext: usize) -> usize {
+    (COL_TILE_BYTES / 4 / row_floats.max(1)).max(min_ext.div_ceil(wp.max(1))).max(1)
+}
+
 /// Layout of the row-wise column matrix for a tile of `nr` output rows `(od, oh)`.
 ///
 /// Rows of the matrix are `(ci, kd, kh)` only; its columns are the *extended* positions
@@ -253,7 +252,7 @@ impl RowTile {
     fn new(g: &ConvGeom) -> Self {
         let wp = g.input[2] + 2 * g.padding[2];
         let k3 = g.cin * g.kernel[0] * g.kernel[1];
-        let rows = (COL_TILE_BYTES / 4 / (k3 * wp).max(1)).max(1);
+        let rows = tile_rows(k3 * wp, wp, avx512::FORWARD_MIN_EXT).min(g.output[0] * g.output[1]);
         Self { wp, k3, rows }
     }
 

@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use super::avx512;
-use super::cpu::{gather_rows, sum_partials, RowMap, SharedMut, COL_TILE_BYTES};
+use super::cpu::{gather_rows, sum_partials, tile_rows, RowMap, SharedMut};
 use super::ConvGeom;
 
 /// Where one W tap lives in the phase layout.
@@ -63,7 +63,7 @@ impl PhaseRows {
             .collect();
         let wp = g.output[2] + span - 1;
         let k3 = g.cin * g.kernel[0] * g.kernel[1] * s;
-        let rows = (COL_TILE_BYTES / 4 / (k3 * wp).max(1)).max(min_ext.div_ceil(wp)).max(1);
+        let rows = tile_rows(k3 * wp, wp, min_ext.max(avx512::FORWARD_MIN_EXT));
         let rows = rows.min(g.output[0] * g.output[1]);
         Self { s, qmin, span, wp, k3, rows, taps }
     }

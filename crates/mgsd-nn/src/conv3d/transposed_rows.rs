@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::avx512;
-use super::cpu::{taps, SharedMut, COL_TILE_BYTES};
+use super::cpu::{taps, tile_rows, SharedMut};
 use super::ConvGeom;
 
 /// Whether this module computes the input gradient: a strided convolution on an AVX-512 CPU.
@@ -75,7 +75,7 @@ impl RowClass {
             }
         }
         let packed = avx512::pack_weight(&dense, k3 * span, g.cin, k3, span);
-        let rows = (COL_TILE_BYTES / 4 / (k3 * wp)).clamp(1, cnt[0] * cnt[1]);
+        let rows = tile_rows(k3 * wp, wp, avx512::FORWARD_MIN_EXT).min(cnt[0] * cnt[1]);
         Some(Self { r, cnt, taps_d, taps_h, qw_min, span, wp, k3, rows, packed })
     }
 
