@@ -15,9 +15,11 @@ use super::avx512;
 use super::cpu::{taps, tile_rows, SharedMut};
 use super::ConvGeom;
 
-/// Whether this module computes the input gradient: a strided convolution on an AVX-512 CPU.
+/// Whether this module computes the input gradient: a strided convolution with few input
+/// channels (the same measured bound as the forward, [`super::strided_rows::MAX_CIN`]) on an
+/// AVX-512 CPU.
 pub(super) fn applies(g: &ConvGeom) -> bool {
-    g.stride != [1; 3] && avx512::available()
+    g.stride != [1; 3] && g.cin <= super::strided_rows::MAX_CIN && avx512::available()
 }
 
 /// One residue class of the input grid and its row-product layout.
