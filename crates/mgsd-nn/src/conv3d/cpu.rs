@@ -354,11 +354,73 @@ pub(super) fn gather_rows(
     }
 }
 
+/// Output rows `r0..r0+nr` of sample `n`, as one tile of a row layout with `wp` positions per
+/// row (the first `Wo` of them real).
+#[derive(Clone, Copy)]
+pub(super) struct RowTileAt {
+    pub n: usize,
+    pub r0: usize,
+    pub nr: usize,
+    pub wp: usize,
+}
+
+impl RowTileAt {
+    /// Adds a tile result `tmp` (`cout` rows of stride `tld`) into the output `(N, Cout, Do,
+    /// Ho, Wo)` at `out`.
+    ///
+    /// # Safety
+    /// `out` must address the whole output, and no other task may write these rows meanwhile.
+    pub(super) unsafe fn add_into_output(
+        self,
+        g: &ConvGeom,
+        tmp: &[f32],
+        tld: usize,
+        out: SharedMut,
+    ) {
+        let (so, ow) = (g.out_spatial(), g.output[2]);
+        for co in 0..g.cout {
+            for i in 0..self.nr {
+                let src = &tmp[co * tld + i * self.wp..][..ow];
+                let at = (self.n * g.cout + co) * so + (self.r0 + i) * ow;
+                // SAFETY: by the caller's contract.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), ow) };
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            }
+        }
+    }
+
+    /// Copies these rows of `dY` into the row layout `dyx` (`cout` rows of stride `dld`), zero
+    /// at the junk positions and past the tile; adds each channel's sum to `bias` if given.
+    pub(super) fn dy_into_rows(
+        self,
+        g: &ConvGeom,
+        dy: &[f32],
+        dyx: &mut [f32],
+        dld: usize,
+        mut bias: Option<&mut [f32]>,
+    ) {
+        let (so, ow) = (g.out_spatial(), g.output[2]);
+        let ext = self.nr * self.wp;
+        for co in 0..g.cout {
+            let src = &dy[(self.n * g.cout + co) * so + self.r0 * ow..][..self.nr * ow];
+            let dst = &mut dyx[co * dld..(co + 1) * dld];
+            for i in 0..self.nr {
+                let row = &mut dst[i * self.wp..(i + 1) * self.wp];
+                row[..ow].copy_from_slice(&src[i * ow..(i + 1) * ow]);
+                row[ow..].fill(0.0);
+            }
+            dst[ext..].fill(0.0);
+            if let Some(b) = bias.as_deref_mut() {
+                b[co] += src.iter().sum::<f32>();
+            }
+        }
+    }
+}
+
 /// Forward with the row-wise kernel; `out` already holds bias and residual (or zeros).
 fn forward_rows(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
     let t = RowTile::new(g);
-    let [od, oh, ow] = g.output;
-    let so = g.out_spatial();
+    let [od, oh, _] = g.output;
     let si = g.in_spatial();
     let total_rows = od * oh;
     let tiles = total_rows.div_ceil(t.rows);
@@ -386,15 +448,8 @@ fn forward_rows(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
                 Some(p) => rows_forward_avx512(g, &t, nr, col, p, tmp, tld),
                 _ => rows_forward_gemm(g, &t, nr, col, wb, tmp),
             }
-            for co in 0..g.cout {
-                for i in 0..nr {
-                    let src = &tmp[co * tld + i * t.wp..co * tld + i * t.wp + ow];
-                    let at = (n * g.cout + co) * so + (r0 + i) * ow;
-                    // SAFETY: output rows r0..r0+nr of sample n belong to this task.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(outp.get().add(at), ow) };
-                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                }
-            }
+            // SAFETY: output rows r0..r0+nr of sample n belong to this task.
+            unsafe { RowTileAt { n, r0, nr, wp: t.wp }.add_into_output(g, tmp, tld, outp) };
         },
     );
 }
@@ -475,8 +530,7 @@ fn backward_weight_rows(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         // line per 24 FMAs), so it may outgrow L2.
         t.rows = t.rows.max(avx512::GRAD_WEIGHT_MIN_EXT.div_ceil(t.wp));
     }
-    let [od, oh, ow] = g.output;
-    let so = g.out_spatial();
+    let [od, oh, _] = g.output;
     let si = g.in_spatial();
     let kc = g.kcols();
     let k = g.k_rows();
@@ -491,6 +545,7 @@ fn backward_weight_rows(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .into_par_iter()
         .map(|c| {
             let mut acc = vec![0f32; g.cout * kc];
+            let mut bias = vec![0f32; g.cout];
             let mut col = vec![0f32; t.k3 * t.ld(g, t.rows) + avx512::SLACK];
             let mut dyx = vec![0f32; g.cout * dyx_ld(t.rows * t.wp)];
             let mut col_nr = 0;
@@ -502,19 +557,8 @@ fn backward_weight_rows(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
                 let fresh = std::mem::replace(&mut col_nr, nr) != nr;
                 gather_rows(g, t.map(g), xs, (r0, nr, t.ld(g, nr)), fresh, &mut col);
-                // dY in the extended layout, zero at the junk positions.
-                for co in 0..g.cout {
-                    let src = &dy[(n * g.cout + co) * so + r0 * ow..][..nr * ow];
-                    let dst = &mut dyx[co * dld..(co + 1) * dld];
-                    for i in 0..nr {
-                        dst[i * t.wp..i * t.wp + ow].copy_from_slice(&src[i * ow..(i + 1) * ow]);
-                        dst[i * t.wp + ow..(i + 1) * t.wp].fill(0.0);
-                    }
-                    dst[ext..].fill(0.0);
-                    if g.has_bias {
-                        acc[co * kc + k] += src.iter().sum::<f32>();
-                    }
-                }
+                let tile = RowTileAt { n, r0, nr, wp: t.wp };
+                tile.dy_into_rows(g, dy, &mut dyx, dld, g.has_bias.then_some(&mut bias[..]));
                 if vector {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: AVX-512F was detected; col carries SLACK floats past its k3 rows
@@ -537,6 +581,9 @@ fn backward_weight_rows(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 } else {
                     grad_weight_rows_gemm(g, &t, nr, &col, &dyx, &mut acc);
                 }
+            }
+            if g.has_bias {
+                (0..g.cout).for_each(|co| acc[co * kc + k] = bias[co]);
             }
             acc
         })

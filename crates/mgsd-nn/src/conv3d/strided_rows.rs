@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use super::avx512;
-use super::cpu::{gather_rows, sum_partials, tile_rows, RowMap, SharedMut};
+use super::cpu::{gather_rows, sum_partials, tile_rows, RowMap, RowTileAt, SharedMut};
 use super::ConvGeom;
 
 /// Where one W tap lives in the phase layout.
@@ -99,8 +99,7 @@ pub(super) fn applies(g: &ConvGeom) -> bool {
 /// Forward; `out` already holds bias and residual.
 pub(super) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
     let t = PhaseRows::new(g, 0);
-    let [od, oh, ow] = g.output;
-    let so = g.out_spatial();
+    let [od, oh, _] = g.output;
     let si = g.in_spatial();
     let kc = g.kcols();
     let kvol_w = g.kernel[2];
@@ -147,15 +146,8 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
                     tld,
                 )
             }
-            for co in 0..g.cout {
-                for i in 0..nr {
-                    let src = &tmp[co * tld + i * t.wp..][..ow];
-                    let at = (n * g.cout + co) * so + (r0 + i) * ow;
-                    // SAFETY: output rows r0..r0+nr of sample n belong to this task.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(outp.get().add(at), ow) };
-                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                }
-            }
+            // SAFETY: output rows r0..r0+nr of sample n belong to this task.
+            unsafe { RowTileAt { n, r0, nr, wp: t.wp }.add_into_output(g, tmp, tld, outp) };
         },
     );
 }
@@ -169,8 +161,7 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Option<Vec
     if t.span > 3 {
         return None;
     }
-    let [od, oh, ow] = g.output;
-    let so = g.out_spatial();
+    let [od, oh, _] = g.output;
     let si = g.in_spatial();
     let kc = g.kcols();
     let k = g.k_rows();
@@ -196,16 +187,8 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Option<Vec
                 let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
                 let fresh = std::mem::replace(&mut col_nr, nr) != nr;
                 gather_rows(g, t.map(), xs, (r0, nr, t.ld(nr)), fresh, &mut col);
-                for co in 0..g.cout {
-                    let src = &dy[(n * g.cout + co) * so + r0 * ow..][..nr * ow];
-                    let dst = &mut dyx[co * dld..(co + 1) * dld];
-                    for i in 0..nr {
-                        dst[i * t.wp..i * t.wp + ow].copy_from_slice(&src[i * ow..(i + 1) * ow]);
-                        dst[i * t.wp + ow..(i + 1) * t.wp].fill(0.0);
-                    }
-                    dst[ext..].fill(0.0);
-                    bias[co] += src.iter().sum::<f32>();
-                }
+                let tile = RowTileAt { n, r0, nr, wp: t.wp };
+                tile.dy_into_rows(g, dy, &mut dyx, dld, Some(&mut bias));
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `applies` checked AVX-512F; col has SLACK floats past its k3 rows
                 // (≥ the 16-rounded ext + 2); dyx is (cout, dld), zero past ext; acc is
