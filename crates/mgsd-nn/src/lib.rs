@@ -31,7 +31,7 @@ pub use attention::{cross_attention, AttentionVariant, CrossAttention, CrossAtte
 pub use basic_block::BasicBlock;
 pub use checkpoint::{load_into_varmap, load_safetensors, read_safetensors};
 pub use conv1d::{conv1d, Conv1d, Conv1dConfig};
-pub use conv3d::{conv3d, conv3d_forward, Conv3d, Conv3dConfig};
+pub use conv3d::{conv3d, conv3d_forward, cpu_kernels, Conv3d, Conv3dConfig};
 pub use discriminator::StyleDiscriminator;
 pub use dropout::{dropout, Dropout};
 pub use group_norm::{group_norm, GroupNorm, GROUP_NORM_EPS};

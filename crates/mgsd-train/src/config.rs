@@ -623,7 +623,14 @@ pub fn parse_device(s: &str) -> Result<DeviceSpec> {
 /// CUDA requested in a CPU-only build, or the device cannot be opened.
 pub fn open_device(spec: DeviceSpec) -> Result<candle_core::Device> {
     match spec {
-        DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceSpec::Cpu => {
+            tracing::info!(
+                kernels = mgsd_nn::cpu_kernels(),
+                threads = rayon::current_num_threads(),
+                "CPU device (env MGSD_CPU_KERNELS=portable, RAYON_NUM_THREADS to change)"
+            );
+            Ok(candle_core::Device::Cpu)
+        }
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(n) => candle_core::Device::new_cuda(n).with_context(|| format!("opening CUDA device {n}")),
         #[cfg(not(feature = "cuda"))]

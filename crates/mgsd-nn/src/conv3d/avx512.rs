@@ -56,6 +56,16 @@ pub(super) fn available() -> bool {
     })
 }
 
+/// Which CPU convolution kernels this process uses, for logs: `"AVX-512"` or
+/// `"portable (gemm)"`.
+pub fn cpu_kernels() -> &'static str {
+    if available() {
+        "AVX-512"
+    } else {
+        "portable (gemm)"
+    }
+}
+
 /// The `(Cout, kcols)` weight matrix (column `r·k2 + kw`) repacked as
 /// `[cout block][r][kw][8]`, zero-filled past `cout`, for [`rows_forward`].
 pub(super) fn pack_weight(wb: &[f32], kc: usize, cout: usize, k3: usize, k2: usize) -> Vec<f32> {
