@@ -801,7 +801,7 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// Kernel taps of one axis that reach input positions `r, r+s, r+2s, …`, with the output
 /// offset `q` such that output index = class index + q.
-pub(super) fn taps(r: usize, k: usize, s: usize, d: usize, p: usize) -> Vec<(usize, isize)> {
+fn taps(r: usize, k: usize, s: usize, d: usize, p: usize) -> Vec<(usize, isize)> {
     (0..k)
         .filter_map(|t| {
             let num = r as isize + p as isize - (t * d) as isize;
@@ -810,61 +810,76 @@ pub(super) fn taps(r: usize, k: usize, s: usize, d: usize, p: usize) -> Vec<(usi
         .collect()
 }
 
-/// One residue class of the input grid under the stride.
-struct Class {
+/// One residue class of the input grid under the stride (`x = s·a + r` per axis), reached by
+/// at least one tap on every axis.
+pub(super) struct Residue {
     /// First input index per axis.
-    r: [usize; 3],
+    pub r: [usize; 3],
     /// Number of positions per axis.
-    cnt: [usize; 3],
-    /// Taps per axis.
-    taps: [Vec<(usize, isize)>; 3],
-    /// `(Cin, Kc)` weight matrix for these taps, Kc = Cout·|taps|.
-    w: Vec<f32>,
+    pub cnt: [usize; 3],
+    /// `(tap, q)` per axis: the taps that reach the class, output index = class index + q.
+    pub taps: [Vec<(usize, isize)>; 3],
 }
 
-impl Class {
-    fn kc(&self, cout: usize) -> usize {
-        cout * self.taps.iter().map(Vec::len).product::<usize>()
-    }
-}
-
-/// The residue classes that some tap reaches, each with its weight matrix (built in parallel:
-/// for the discriminator's 128 → 256 layer that is 2 M scattered reads per call).
-fn classes(g: &ConvGeom, wb: &[f32]) -> Vec<Class> {
-    let kcols = g.kcols();
-    let [k0, k1, k2] = g.kernel;
+/// The residue classes of the input grid that some tap reaches, in row-major residue order.
+/// The others receive no gradient.
+pub(super) fn residues(g: &ConvGeom) -> Vec<Residue> {
     let [n0, n1, n2] = std::array::from_fn(|a| g.stride[a].min(g.input[a]));
     (0..n0 * n1 * n2)
-        .into_par_iter()
         .filter_map(|i| {
             let r = [i / (n1 * n2), (i / n2) % n1, i % n2];
             let taps: [Vec<(usize, isize)>; 3] = std::array::from_fn(|a| {
                 taps(r[a], g.kernel[a], g.stride[a], g.dilation[a], g.padding[a])
             });
-            let cnt = std::array::from_fn(|a| (g.input[a] - r[a]).div_ceil(g.stride[a]));
-            let kc = g.cout * taps.iter().map(Vec::len).product::<usize>();
-            if kc == 0 {
+            if taps.iter().any(Vec::is_empty) {
                 return None;
             }
-            let mut w = Vec::with_capacity(g.cin * kc);
+            let cnt = std::array::from_fn(|a| (g.input[a] - r[a]).div_ceil(g.stride[a]));
+            Some(Residue { r, cnt, taps })
+        })
+        .collect()
+}
+
+/// A residue class with its `(Cin, Kc)` weight matrix for these taps, `Kc = Cout·|taps|`.
+struct Class {
+    res: Residue,
+    w: Vec<f32>,
+}
+
+impl Class {
+    fn kc(&self, cout: usize) -> usize {
+        cout * self.res.taps.iter().map(Vec::len).product::<usize>()
+    }
+}
+
+/// Every [`residues`] class with its weight matrix (built in parallel: for the
+/// discriminator's 128 → 256 layer that is 2 M scattered reads per call).
+fn classes(g: &ConvGeom, wb: &[f32]) -> Vec<Class> {
+    let kcols = g.kcols();
+    let [k0, k1, k2] = g.kernel;
+    residues(g)
+        .into_par_iter()
+        .map(|res| {
+            let [td, th, tw] = &res.taps;
+            let mut w = Vec::with_capacity(g.cin * g.cout * td.len() * th.len() * tw.len());
             for ci in 0..g.cin {
                 for co in 0..g.cout {
-                    for &(a, _) in &taps[0] {
-                        for &(b, _) in &taps[1] {
-                            for &(c, _) in &taps[2] {
+                    for &(a, _) in td {
+                        for &(b, _) in th {
+                            for &(c, _) in tw {
                                 w.push(wb[co * kcols + ((ci * k0 + a) * k1 + b) * k2 + c]);
                             }
                         }
                     }
                 }
             }
-            Some(Class { r, cnt, taps, w })
+            Class { res, w }
         })
         .collect()
 }
 
 /// Gathers the `(Kc, P)` matrix of `dY` values for class positions `p0..p0+pl` of one sample.
-fn dy2col(g: &ConvGeom, c: &Class, dys: &[f32], p0: usize, pl: usize, col: &mut [f32]) {
+fn dy2col(g: &ConvGeom, c: &Residue, dys: &[f32], p0: usize, pl: usize, col: &mut [f32]) {
     let [od, oh, ow] = g.output;
     let [_, n1, n2] = c.cnt;
     let plane = oh * ow;
@@ -934,7 +949,7 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
     let mut items = Vec::new();
     for n in 0..g.n {
         for (ci, c) in classes.iter().enumerate() {
-            let total: usize = c.cnt.iter().product();
+            let total: usize = c.res.cnt.iter().product();
             let pl = tile_len(c.kc(g.cout), total);
             for p0 in (0..total).step_by(pl) {
                 items.push((n, ci, p0, pl.min(total - p0)));
@@ -949,7 +964,7 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
         |(col, tmp), (n, ci, p0, len)| {
             let c = &classes[ci];
             let kcl = c.kc(g.cout);
-            dy2col(g, c, &dy[n * g.cout * so..(n + 1) * g.cout * so], p0, len, col);
+            dy2col(g, &c.res, &dy[n * g.cout * so..(n + 1) * g.cout * so], p0, len, col);
             let (dst, dst_rs) = if unit_stride {
                 // SAFETY: with unit stride the class is the whole grid in input order.
                 (unsafe { dxp.get().add(n * g.cin * si + p0) }, si)
@@ -976,14 +991,14 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
                 )
             }
             if !unit_stride {
-                let [_, n1, n2] = c.cnt;
+                let Residue { r, cnt: [_, n1, n2], .. } = &c.res;
                 let [ih, iw] = [g.input[1], g.input[2]];
                 for q in 0..len {
                     let p = p0 + q;
                     let j2 = p % n2;
                     let (j1, j0) = ((p / n2) % n1, p / n2 / n1);
-                    let pos = ((c.r[0] + j0 * g.stride[0]) * ih + c.r[1] + j1 * g.stride[1]) * iw
-                        + c.r[2]
+                    let pos = ((r[0] + j0 * g.stride[0]) * ih + r[1] + j1 * g.stride[1]) * iw
+                        + r[2]
                         + j2 * g.stride[2];
                     for ch in 0..g.cin {
                         // SAFETY: each input position belongs to exactly one class and tile.

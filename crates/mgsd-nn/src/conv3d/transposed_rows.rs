@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::avx512;
-use super::cpu::{taps, tile_rows, SharedMut};
+use super::cpu::{residues, tile_rows, Residue, SharedMut};
 use super::ConvGeom;
 
 /// Whether this module computes the input gradient: a strided convolution with few input
@@ -24,13 +24,8 @@ pub(super) fn applies(g: &ConvGeom) -> bool {
 
 /// One residue class of the input grid and its row-product layout.
 struct RowClass {
-    /// First input index per axis.
-    r: [usize; 3],
-    /// Positions per axis.
-    cnt: [usize; 3],
-    /// `(kd, q)` and `(kh, q)` taps of D and H.
-    taps_d: Vec<(usize, isize)>,
-    taps_h: Vec<(usize, isize)>,
+    /// The class: first index, positions and taps per axis.
+    res: Residue,
     /// `q_min` of the W taps: row position `j` holds `dY` column `j + q_min`.
     qw_min: isize,
     /// Dense W offsets per row.
@@ -46,19 +41,13 @@ struct RowClass {
 }
 
 impl RowClass {
-    /// The class of residues `r`, or `None` when no tap reaches it (its `dX` is zero).
-    fn new(g: &ConvGeom, wb: &[f32], r: [usize; 3]) -> Option<Self> {
+    fn new(g: &ConvGeom, wb: &[f32], res: Residue) -> Self {
         let [k0, k1, k2] = g.kernel;
-        let axis = |a: usize| taps(r[a], g.kernel[a], g.stride[a], g.dilation[a], g.padding[a]);
-        let (taps_d, taps_h, taps_w) = (axis(0), axis(1), axis(2));
-        if taps_d.is_empty() || taps_h.is_empty() || taps_w.is_empty() {
-            return None;
-        }
-        let cnt = std::array::from_fn(|a| (g.input[a] - r[a]).div_ceil(g.stride[a]));
-        let qw_min = taps_w.iter().map(|t| t.1).min()?;
-        let qw_max = taps_w.iter().map(|t| t.1).max()?;
+        let [taps_d, taps_h, taps_w] = &res.taps;
+        let qw_min = taps_w.iter().map(|t| t.1).min().unwrap_or(0);
+        let qw_max = taps_w.iter().map(|t| t.1).max().unwrap_or(0);
         let span = (qw_max - qw_min) as usize + 1;
-        let wp = cnt[2] + span - 1;
+        let wp = res.cnt[2] + span - 1;
         let k3 = g.cout * taps_d.len() * taps_h.len();
         let kcols = g.kcols();
         let mut dense = vec![0f32; g.cin * k3 * span];
@@ -67,7 +56,7 @@ impl RowClass {
                 for (id, &(kd, _)) in taps_d.iter().enumerate() {
                     for (ih, &(kh, _)) in taps_h.iter().enumerate() {
                         let row = (co * taps_d.len() + id) * taps_h.len() + ih;
-                        for &(kw, q) in &taps_w {
+                        for &(kw, q) in taps_w {
                             let t = (q - qw_min) as usize;
                             dense[(ci * k3 + row) * span + t] =
                                 wb[co * kcols + ((ci * k0 + kd) * k1 + kh) * k2 + kw];
@@ -77,12 +66,13 @@ impl RowClass {
             }
         }
         let packed = avx512::pack_weight(&dense, k3 * span, g.cin, k3, span);
-        let rows = tile_rows(k3 * wp, wp, avx512::FORWARD_MIN_EXT).min(cnt[0] * cnt[1]);
-        Some(Self { r, cnt, taps_d, taps_h, qw_min, span, wp, k3, rows, packed })
+        let class_rows = res.cnt[0] * res.cnt[1];
+        let rows = tile_rows(k3 * wp, wp, avx512::FORWARD_MIN_EXT).min(class_rows);
+        Self { res, qw_min, span, wp, k3, rows, packed }
     }
 
     fn class_rows(&self) -> usize {
-        self.cnt[0] * self.cnt[1]
+        self.res.cnt[0] * self.res.cnt[1]
     }
 
     fn ld(&self, nr: usize) -> usize {
@@ -107,14 +97,14 @@ impl RowClass {
         let mut row = 0;
         for co in 0..g.cout {
             let dyc = &dys[co * od * oh * ow..(co + 1) * od * oh * ow];
-            for &(_, qd) in &self.taps_d {
-                for &(_, qh) in &self.taps_h {
+            for &(_, qd) in &self.res.taps[0] {
+                for &(_, qh) in &self.res.taps[1] {
                     let dst = &mut col[row * ld..(row + 1) * ld];
                     row += 1;
                     for i in 0..nr {
                         let rho = i0 + i;
-                        let d = (rho / self.cnt[1]) as isize + qd;
-                        let h = (rho % self.cnt[1]) as isize + qh;
+                        let d = (rho / self.res.cnt[1]) as isize + qd;
+                        let h = (rho % self.res.cnt[1]) as isize + qh;
                         let seg = &mut dst[i * self.wp..(i + 1) * self.wp];
                         if (0..od as isize).contains(&d) && (0..oh as isize).contains(&h) {
                             let at = (d as usize * oh + h as usize) * ow;
@@ -138,14 +128,8 @@ pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
     let si = g.in_spatial();
     let so = g.out_spatial();
     let [_, ih, iw] = g.input;
-    let mut classes = Vec::new();
-    for r0 in 0..g.stride[0].min(g.input[0]) {
-        for r1 in 0..g.stride[1].min(g.input[1]) {
-            for r2 in 0..g.stride[2].min(g.input[2]) {
-                classes.extend(RowClass::new(g, wb, [r0, r1, r2]));
-            }
-        }
-    }
+    let classes: Vec<RowClass> =
+        residues(g).into_par_iter().map(|res| RowClass::new(g, wb, res)).collect();
     let items: Vec<(usize, usize, usize)> = (0..g.n)
         .flat_map(|n| {
             classes.iter().enumerate().flat_map(move |(c, cl)| {
@@ -188,10 +172,11 @@ pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
                 let base = (n * g.cin + ci) * si;
                 for i in 0..nr {
                     let rho = i0 + i;
-                    let z = s0 * (rho / cl.cnt[1]) + cl.r[0];
-                    let y = s1 * (rho % cl.cnt[1]) + cl.r[1];
-                    let src = &tmp[ci * tld + i * cl.wp..][..cl.cnt[2]];
-                    let row = base + (z * ih + y) * iw + cl.r[2];
+                    let Residue { r, cnt, .. } = &cl.res;
+                    let z = s0 * (rho / cnt[1]) + r[0];
+                    let y = s1 * (rho % cnt[1]) + r[1];
+                    let src = &tmp[ci * tld + i * cl.wp..][..cnt[2]];
+                    let row = base + (z * ih + y) * iw + r[2];
                     for (j, v) in src.iter().enumerate() {
                         // SAFETY: residue classes partition the input grid, so this position
                         // (n, ci, z, y, s2·j + r2) is written by this task only.
