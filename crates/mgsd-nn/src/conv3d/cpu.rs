@@ -249,10 +249,11 @@ struct RowTile {
 }
 
 impl RowTile {
-    fn new(g: &ConvGeom) -> Self {
+    /// The layout with tiles of at least `min_ext` positions (see [`tile_rows`]).
+    fn new(g: &ConvGeom, min_ext: usize) -> Self {
         let wp = g.input[2] + 2 * g.padding[2];
         let k3 = g.cin * g.kernel[0] * g.kernel[1];
-        let rows = tile_rows(k3 * wp, wp, avx512::FORWARD_MIN_EXT).min(g.output[0] * g.output[1]);
+        let rows = tile_rows(k3 * wp, wp, min_ext).min(g.output[0] * g.output[1]);
         Self { wp, k3, rows }
     }
 
@@ -419,7 +420,7 @@ impl RowTileAt {
 
 /// Forward with the row-wise kernel; `out` already holds bias and residual (or zeros).
 fn forward_rows(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
-    let t = RowTile::new(g);
+    let t = RowTile::new(g, avx512::FORWARD_MIN_EXT);
     let [od, oh, _] = g.output;
     let si = g.in_spatial();
     let total_rows = od * oh;
@@ -523,19 +524,16 @@ fn rows_forward_avx512(
 fn backward_weight_rows(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     // The AVX-512 kernel handles the W-kernel width 3 (every 3×3×3 convolution).
     let vector = g.kernel[2] == 3 && avx512::available();
-    let mut t = RowTile::new(g);
-    if vector {
-        // The kernel reduces each of its accumulators once per tile, so tiles need enough
-        // positions to amortise that; the column matrix only streams through (one new cache
-        // line per 24 FMAs), so it may outgrow L2.
-        t.rows = t.rows.max(avx512::GRAD_WEIGHT_MIN_EXT.div_ceil(t.wp));
-    }
+    // The kernel reduces each of its accumulators once per tile, so tiles need enough
+    // positions to amortise that; the column matrix only streams through (one new cache line
+    // per 24 FMAs), so it may outgrow L2.
+    let min_ext = if vector { avx512::GRAD_WEIGHT_MIN_EXT } else { avx512::FORWARD_MIN_EXT };
+    let t = RowTile::new(g, min_ext);
     let [od, oh, _] = g.output;
     let si = g.in_spatial();
     let kc = g.kcols();
     let k = g.k_rows();
     let total_rows = od * oh;
-    t.rows = t.rows.min(total_rows);
     let tiles = total_rows.div_ceil(t.rows);
     let items = g.n * tiles;
     // Row stride of dY in the extended layout: whole 16-lane vectors, zero past `ext`.

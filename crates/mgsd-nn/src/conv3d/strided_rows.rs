@@ -63,8 +63,7 @@ impl PhaseRows {
             .collect();
         let wp = g.output[2] + span - 1;
         let k3 = g.cin * g.kernel[0] * g.kernel[1] * s;
-        let rows = tile_rows(k3 * wp, wp, min_ext.max(avx512::FORWARD_MIN_EXT));
-        let rows = rows.min(g.output[0] * g.output[1]);
+        let rows = tile_rows(k3 * wp, wp, min_ext).min(g.output[0] * g.output[1]);
         Self { s, qmin, span, wp, k3, rows, taps }
     }
 
@@ -98,7 +97,7 @@ pub(super) fn applies(g: &ConvGeom) -> bool {
 
 /// Forward; `out` already holds bias and residual.
 pub(super) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
-    let t = PhaseRows::new(g, 0);
+    let t = PhaseRows::new(g, avx512::FORWARD_MIN_EXT);
     let [od, oh, _] = g.output;
     let si = g.in_spatial();
     let kc = g.kcols();
