@@ -1,4 +1,6 @@
-//! AVX-512 micro-kernels for the row-wise layout of [`super::cpu`] (unit stride along W).
+//! AVX-512 micro-kernels for the row-wise layouts: [`super::cpu`]'s unit-stride rows, the phase
+//! rows of [`super::strided_rows`] and the residue-class rows of [`super::transposed_rows`]
+//! (the last two pass `dw = 1` and dense offsets).
 //!
 //! The row-wise column matrix `col` has rows `r = (ci, kd, kh)` and the W taps are offset
 //! views `col[r, e + kw·dw]`, so a 3×3×3 convolution is three matrix products over the same
