@@ -22,12 +22,13 @@
 //!   (default 90) and embeds it as `ATTENTION_PTX`. This feature needs nvcc only, not candle's
 //!   CUDA backend.
 //!
-//! # Not done yet (issue 7)
-//! The kernels are not yet registered as candle custom ops; `mgsd-nn` does not call them; the
-//! cuDNN Conv3d and the rest of the GPU training path do not exist. The crate README says
-//! exactly what remains.
+//! - `cuda` also builds [`candle_op`]: the no-softmax kernels as a differentiable candle op,
+//!   which `mgsd_nn::cross_attention` uses on CUDA tensors. The softmax kernels are not wired
+//!   into candle yet (the CUDA path composes candle ops for that variant).
 #![warn(missing_docs)]
 
+#[cfg(feature = "cuda")]
+pub mod candle_op;
 pub mod launch;
 
 /// CUDA C++ source of the attention kernels, the file `build.rs` compiles under `cuda`.

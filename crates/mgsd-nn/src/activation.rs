@@ -43,6 +43,9 @@ pub fn leaky_relu(xs: &Tensor, negative_slope: f32) -> Result<Tensor> {
             xs.shape()
         );
     }
+    if !xs.device().is_cpu() {
+        return crate::composite::leaky_relu(xs, negative_slope);
+    }
     xs.contiguous()?.apply_op1(LeakyReluOp(negative_slope))
 }
 

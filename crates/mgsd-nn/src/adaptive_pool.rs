@@ -22,6 +22,9 @@ pub fn adaptive_avg_pool3d(xs: &Tensor, out: [usize; 3]) -> Result<Tensor> {
     if out.contains(&0) || d == 0 || h == 0 || w == 0 {
         bail!("adaptive_avg_pool3d: cannot pool input {:?} to {out:?}", xs.shape());
     }
+    if !xs.device().is_cpu() {
+        return crate::composite::adaptive_avg_pool3d(xs, out);
+    }
     xs.contiguous()?.apply_op1(AdaptiveAvgPool { out })
 }
 

@@ -58,6 +58,12 @@ pub fn cross_attention(
     let k = k.contiguous()?;
     let v = v.contiguous()?;
     match variant {
+        #[cfg(feature = "cuda")]
+        AttentionVariant::NoSoftmax
+            if q.device().is_cuda() && mgsd_kernels::candle_op::supports_head_dim(dh) =>
+        {
+            mgsd_kernels::candle_op::no_softmax_attention(&q, &k, &v, scale as f32)
+        }
         AttentionVariant::NoSoftmax => {
             // (B, h, dh, Nk) · (B, h, Nk, dh) → (B, h, dh, dh)
             let kv = (k.t()?.matmul(&v)? * scale)?;

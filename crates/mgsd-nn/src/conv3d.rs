@@ -9,12 +9,15 @@
 //! extra column of the flattened weight matrix, so one op covers weight, bias and residual and
 //! candle's autograd splits the gradient back to the two parameters.
 //!
-//! Other devices: the op reports "no cuda implementation"; a later issue adds cuDNN behind the
-//! `cuda` feature.
+//! On CUDA (the `cuda` feature) the convolution runs through cuDNN instead (`cudnn.rs`).
 
 mod avx512;
 pub use avx512::cpu_kernels;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cudnn;
+#[cfg(feature = "cuda")]
+pub use cudnn::set_cudnn_tf32;
 mod strided_rows;
 mod transposed_rows;
 
@@ -316,31 +319,40 @@ pub fn conv3d_forward(
         )
     }
     let g = ConvGeom::new(x.dims(), weight.dims(), cfg, bias.is_some())?;
+    if let Some(b) = bias {
+        if b.dims() != [g.cout] {
+            bail!("conv3d: bias {:?} does not match weight {:?}", b.dims(), weight.dims())
+        }
+    }
+    if let Some(r) = residual {
+        if r.shape() != &g.out_shape() {
+            bail!(
+                "conv3d: residual {:?} does not match the output {:?}",
+                r.dims(),
+                g.out_shape().dims()
+            )
+        }
+    }
+    match x.device() {
+        candle_core::Device::Cpu => {}
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(_) => return cudnn::forward(g, x, weight, bias, residual),
+        other => bail!(
+            "conv3d: no kernel for device {:?} (CUDA needs the `cuda` feature)",
+            other.location()
+        ),
+    }
     // (Cout, Cin, kd, kh, kw) -> (Cout, K), K = Cin·kd·kh·kw
     let w = weight.reshape((g.cout, g.k_rows()))?;
     let wb = match bias {
-        Some(b) => {
-            if b.dims() != [g.cout] {
-                bail!("conv3d: bias {:?} does not match weight {:?}", b.dims(), weight.dims())
-            }
-            // (Cout,) -> (Cout, 1), appended as the last column: (Cout, K + 1)
-            Tensor::cat(&[&w, &b.reshape((g.cout, 1))?], 1)?
-        }
+        // (Cout,) -> (Cout, 1), appended as the last column: (Cout, K + 1)
+        Some(b) => Tensor::cat(&[&w, &b.reshape((g.cout, 1))?], 1)?,
         None => w.contiguous()?,
     };
     let x = x.contiguous()?;
     match residual {
         None => x.apply_op2(&wb, Conv3dOp(g)),
-        Some(r) => {
-            if r.shape() != &g.out_shape() {
-                bail!(
-                    "conv3d: residual {:?} does not match the output {:?}",
-                    r.dims(),
-                    g.out_shape().dims()
-                )
-            }
-            x.apply_op3(&wb, &r.contiguous()?, Conv3dAddOp(g))
-        }
+        Some(r) => x.apply_op3(&wb, &r.contiguous()?, Conv3dAddOp(g)),
     }
 }
 

@@ -115,6 +115,9 @@ pub fn group_norm(
             bias.shape()
         );
     }
+    if !xs.device().is_cpu() {
+        return crate::composite::group_norm(xs, weight, bias, num_groups, eps, relu);
+    }
     let op = GroupNormOp { num_groups, eps, relu, stats: OnceLock::new() };
     xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }

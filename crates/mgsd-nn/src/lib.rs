@@ -8,6 +8,7 @@
 //! Tensor layout everywhere: `(N, C, D, H, W)`, C-contiguous f32.
 #![warn(missing_docs)]
 
+mod composite;
 mod cpu_f32;
 mod softmax_attention;
 

@@ -34,6 +34,9 @@ pub fn max_pool3d_2x(xs: &Tensor) -> Result<Tensor> {
     if d < 2 || h < 2 || w < 2 {
         candle_core::bail!("max_pool3d_2x: every spatial size must be ≥ 2, input {:?}", xs.shape());
     }
+    if !xs.device().is_cpu() {
+        return crate::composite::max_pool3d_2x(xs);
+    }
     xs.contiguous()?.apply_op1(MaxPoolOp { argmax: OnceLock::new() })
 }
 

@@ -16,6 +16,9 @@ use crate::cpu_f32;
 /// `(N, C, D, H, W)` → `(N, C, 2D, 2H, 2W)`.
 pub fn upsample2x(xs: &Tensor) -> Result<Tensor> {
     cpu_f32::dims5(xs, "upsample2x")?;
+    if !xs.device().is_cpu() {
+        return crate::composite::upsample2x(xs);
+    }
     xs.contiguous()?.apply_op1(Upsample)
 }
 
@@ -32,6 +35,9 @@ pub fn upsample2x_add(xs: &Tensor, skip: &Tensor) -> Result<Tensor> {
             skip.shape(),
             xs.shape()
         );
+    }
+    if !xs.device().is_cpu() {
+        return crate::composite::upsample2x(xs)? + skip;
     }
     xs.contiguous()?.apply_op2(&skip.contiguous()?, Upsample)
 }

@@ -1,0 +1,285 @@
+//! The no-softmax attention kernels as a differentiable candle op on CUDA tensors (`cuda`
+//! feature): `out = q (kᵀv)·scale` for `(B, H, N, dh)` f32 tensors, dh 32 or 64.
+//!
+//! Forward: `M = kᵀv` (one [`Op::Outer`] over the keys), then `out = scale·q·M` ([`Op::Apply`]).
+//! Backward: `dq = scale·dout·Mᵀ` (M recomputed, one cheap pass over the keys), and
+//! `dM = scale·qᵀ·dout` (an Outer over the queries) shared by `dk = v·dMᵀ` and `dv = k·dM`,
+//! computed by one op that returns `dk` and `dv` stacked. The CPU twin is
+//! `mgsd_nn::attention::cross_attention` (two matmuls), which the GPU tests compare against.
+
+use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+use crate::launch::{self, Dtype, Launch, Op};
+
+/// Name under which candle caches the PTX module per device.
+const MODULE: &str = "mgsd_attention";
+
+/// `q (kᵀv)·scale` on CUDA with the fused kernels. Differentiable in `q`, `k` and `v`.
+///
+/// # Shapes
+/// `q`: `(B, H, Nq, dh)`, `k`, `v`: `(B, H, Nk, dh)` → `(B, H, Nq, dh)`; f32, dh ∈ {32, 64}.
+pub fn no_softmax_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let (b, h, _, dh) = q.dims4()?;
+    let (kb, kh, _, kd) = k.dims4()?;
+    if (kb, kh, kd) != (b, h, dh) || v.dims() != k.dims() {
+        bail!(
+            "no_softmax_attention: q {:?}, k {:?}, v {:?} must be (B, H, Nq, dh), (B, H, Nk, dh) twice",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        )
+    }
+    if [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3] {
+        bail!("no_softmax_attention: f32 only, got {:?}", q.dtype())
+    }
+    if !launch::HEAD_DIMS.contains(&dh) {
+        bail!("no_softmax_attention: head dim {dh} is not one of {:?}", launch::HEAD_DIMS)
+    }
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Forward { scale })
+}
+
+/// Whether [`no_softmax_attention`] takes these shapes (the caller falls back otherwise).
+pub fn supports_head_dim(head_dim: usize) -> bool {
+    launch::HEAD_DIMS.contains(&head_dim)
+}
+
+struct Forward {
+    scale: f32,
+}
+
+/// `dq` from `(dout, k, v)`.
+struct GradQ {
+    scale: f32,
+}
+
+/// `dk` and `dv`, stacked as `(2, B, H, Nk, dh)`, from `(q, dout, stack(k, v))`.
+struct GradKv {
+    scale: f32,
+}
+
+fn cuda_only<T>(name: &str) -> Result<T> {
+    bail!("{name}: runs on CUDA tensors only (the CPU twin is mgsd_nn::cross_attention)")
+}
+
+fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
+    if !l.is_contiguous() {
+        bail!("no_softmax_attention: operands must be contiguous")
+    }
+    let slice: &CudaSlice<f32> = s.as_cuda_slice::<f32>()?;
+    let start = l.start_offset();
+    Ok(slice.slice(start..start + l.shape().elem_count()))
+}
+
+fn config(l: Launch) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
+        block_dim: (l.block[0], l.block[1], l.block[2]),
+        shared_mem_bytes: l.shared_mem_bytes,
+    }
+}
+
+fn num_sms(dev: &CudaDevice) -> usize {
+    dev.cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_or(132, |n| n.max(1) as usize)
+}
+
+fn to_i32(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("attention: {v} exceeds i32")))
+}
+
+fn launch_err(e: launch::LaunchError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// `m[bh] = alpha·aᵀb` over `n` rows per head; `m` is a fresh zeroed `(bh, dh, dh)` buffer.
+fn outer(
+    dev: &CudaDevice,
+    a: &CudaView<'_, f32>,
+    b: &CudaView<'_, f32>,
+    (bh, n, dh): (usize, usize, usize),
+    alpha: f32,
+) -> Result<CudaSlice<f32>> {
+    let mut m = dev.alloc_zeros::<f32>(bh * dh * dh)?;
+    let (l, rows) = launch::outer(bh, n, dh, num_sms(dev)).map_err(launch_err)?;
+    let name = launch::kernel_name(Op::Outer, Dtype::F32, dh).map_err(launch_err)?;
+    let func = dev.get_or_load_custom_func(&name, MODULE, crate::ATTENTION_PTX)?;
+    let (n, rows) = (to_i32(n)?, rows as i32);
+    let mut builder = func.builder();
+    builder.arg(a).arg(b).arg(&mut m).arg(&n).arg(&rows).arg(&alpha);
+    // SAFETY: argument list and geometry as `launch.rs` documents for Outer.
+    unsafe { builder.launch(config(l)) }.w()?;
+    Ok(m)
+}
+
+/// `out = alpha·x·M` (or `Mᵀ` when `transpose`) over `n` rows per head, into `out`.
+fn apply(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    m: &CudaSlice<f32>,
+    out: &mut CudaViewMut<'_, f32>,
+    (bh, n, dh): (usize, usize, usize),
+    (alpha, transpose): (f32, bool),
+) -> Result<()> {
+    let l = launch::apply(bh, n, dh).map_err(launch_err)?;
+    let name = launch::kernel_name(Op::Apply, Dtype::F32, dh).map_err(launch_err)?;
+    let func = dev.get_or_load_custom_func(&name, MODULE, crate::ATTENTION_PTX)?;
+    let (n, t) = (to_i32(n)?, i32::from(transpose));
+    let mut builder = func.builder();
+    builder.arg(x).arg(m).arg(out).arg(&n).arg(&alpha).arg(&t);
+    // SAFETY: argument list and geometry as `launch.rs` documents for Apply.
+    unsafe { builder.launch(config(l)) }.w()?;
+    Ok(())
+}
+
+/// `(B·H, N, dh)` of a `(B, H, N, dh)` layout.
+fn heads(l: &Layout) -> Result<(usize, usize, usize)> {
+    let (b, h, n, dh) = l.shape().dims4()?;
+    Ok((b * h, n, dh))
+}
+
+impl CustomOp3 for Forward {
+    fn name(&self) -> &'static str {
+        "mgsd-no-softmax-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        sq: &CudaStorage,
+        lq: &Layout,
+        sk: &CudaStorage,
+        lk: &Layout,
+        sv: &CudaStorage,
+        lv: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = sq.device.clone();
+        let (bh, nq, dh) = heads(lq)?;
+        let (_, nk, _) = heads(lk)?;
+        let m = outer(&dev, &view(sk, lk)?, &view(sv, lv)?, (bh, nk, dh), 1.0)?;
+        // SAFETY: Apply writes every element of `out`.
+        let mut out = unsafe { dev.alloc::<f32>(bh * nq * dh) }?;
+        apply(&dev, &view(sq, lq)?, &m, &mut out.slice_mut(..), (bh, nq, dh), (self.scale, false))?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), lq.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let scale = self.scale;
+        let dq =
+            if q.track_op() { Some(grad.apply_op3_no_bwd(k, v, &GradQ { scale })?) } else { None };
+        let (dk, dv) = if k.track_op() || v.track_op() {
+            let kv = Tensor::stack(&[k, v], 0)?;
+            let both = q.apply_op3_no_bwd(&grad, &kv, &GradKv { scale })?;
+            (Some(both.get(0)?), Some(both.get(1)?))
+        } else {
+            (None, None)
+        };
+        Ok((dq, dk, dv))
+    }
+}
+
+impl CustomOp3 for GradQ {
+    fn name(&self) -> &'static str {
+        "mgsd-no-softmax-attention-dq"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        sg: &CudaStorage,
+        lg: &Layout,
+        sk: &CudaStorage,
+        lk: &Layout,
+        sv: &CudaStorage,
+        lv: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = sg.device.clone();
+        let (bh, nq, dh) = heads(lg)?;
+        let (_, nk, _) = heads(lk)?;
+        let m = outer(&dev, &view(sk, lk)?, &view(sv, lv)?, (bh, nk, dh), 1.0)?;
+        // SAFETY: Apply writes every element of `dq`.
+        let mut dq = unsafe { dev.alloc::<f32>(bh * nq * dh) }?;
+        apply(&dev, &view(sg, lg)?, &m, &mut dq.slice_mut(..), (bh, nq, dh), (self.scale, true))?;
+        Ok((CudaStorage::wrap_cuda_slice(dq, dev), lg.shape().clone()))
+    }
+}
+
+impl CustomOp3 for GradKv {
+    fn name(&self) -> &'static str {
+        "mgsd-no-softmax-attention-dkdv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        sq: &CudaStorage,
+        lq: &Layout,
+        sg: &CudaStorage,
+        lg: &Layout,
+        skv: &CudaStorage,
+        lkv: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = sq.device.clone();
+        let (bh, nq, dh) = heads(lq)?;
+        let (two, b, h, nk, _) = lkv.shape().dims5()?;
+        if two != 2 || b * h != bh {
+            bail!("no_softmax_attention backward: stacked k/v {:?} does not fit q", lkv.shape())
+        }
+        let dm = outer(&dev, &view(sq, lq)?, &view(sg, lg)?, (bh, nq, dh), self.scale)?;
+        let kv = view(skv, lkv)?;
+        let half = bh * nk * dh;
+        let (k, v) = (kv.slice(..half), kv.slice(half..));
+        // SAFETY: the two Applies write every element of `out`.
+        let mut out = unsafe { dev.alloc::<f32>(2 * half) }?;
+        apply(&dev, &v, &dm, &mut out.slice_mut(..half), (bh, nk, dh), (1.0, true))?;
+        apply(&dev, &k, &dm, &mut out.slice_mut(half..), (bh, nk, dh), (1.0, false))?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), lkv.shape().clone()))
+    }
+}
