@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Kernel sources under `src/kernels/`, one PTX each.
-const KERNELS: &[&str] = &["attention"];
+const KERNELS: &[&str] = &["attention", "group_norm"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

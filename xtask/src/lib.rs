@@ -9,6 +9,7 @@
 pub mod download;
 pub mod extract;
 pub mod fetch;
+pub mod gpu_bundle;
 pub mod manifest;
 pub mod splits;
 mod staging;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use xtask::download::NetOptions;
+use xtask::gpu_bundle::{self, GpuBundleOptions};
 use xtask::{fetch, splits, FetchOptions, FetchSource, Manifest, Outcome, Year};
 
 /// Project chores for mgsd.
@@ -86,6 +87,24 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Build the CUDA-enabled binaries (mgsd-train, the step benchmark, the GPU parity tests)
+    /// here, with stub CUDA libraries, and pack them with run.sh for a GPU machine without
+    /// Rust. See crates/mgsd-kernels/README.md for the toolchain.
+    GpuBundle {
+        /// CUDA toolkit root holding bin/nvcc, include/, nvvm/ and lib/libcudart.so.* (e.g.
+        /// pip's site-packages/nvidia/cu13). Default: $CUDA_HOME.
+        #[arg(long, env = "CUDA_HOME")]
+        cuda_home: PathBuf,
+        /// Compute capability to compile for (90: H100/H200).
+        #[arg(long, env = "CUDA_COMPUTE_CAP", default_value = "90")]
+        compute_cap: String,
+        /// Cargo target directory of the CUDA build (kept apart from the CPU build's).
+        #[arg(long, default_value = "target-cuda")]
+        target_dir: PathBuf,
+        /// Output folder for bin.tar.xz and run.sh.
+        #[arg(long, default_value = "target-cuda/gpu-bundle")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,6 +169,12 @@ fn run(command: Command) -> Result<()> {
                 Outcome::Installed => "installed and verified",
             };
             println!("{} ({} cases): {what}", report.manifest.display(), report.cases);
+        }
+        Command::GpuBundle { cuda_home, compute_cap, target_dir, out } => {
+            let workspace = std::env::current_dir()?;
+            let target_dir = workspace.join(target_dir);
+            let opts = GpuBundleOptions { cuda_home, compute_cap, target_dir, out };
+            gpu_bundle::gpu_bundle(&workspace, &opts)?;
         }
         Command::Splits { manifest, out, k, seed, list, allow_missing, force } => {
             let m = Manifest::load(&manifest)?;

@@ -1,12 +1,14 @@
-//! Times one full MGSD training step on the CPU: teacher pass, two student passes, the
+//! Times one full MGSD training step on the CPU or a CUDA GPU: teacher pass, two student passes, the
 //! distillation heads, backward, the segmenter's and the discriminator's optimiser steps and
 //! the EMA update. The PyTorch twin is `bench/mgsd_step_vs_pytorch.py`; run both with
 //! `bench/mgsd_step_vs_pytorch.sh`.
 //!
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p mgsd-distill --example step-bench -- \
-//!     [--width 8] [--patch 64,64,32] [--warmup 1] [--steps 3]
+//!     [--width 8] [--patch 64,64,32] [--warmup 1] [--steps 3] [--device cpu|cuda]
 //! ```
+//! `--device cuda` needs a build with `--features mgsd-distill/cuda`; each step then ends with
+//! a device synchronisation so the time covers the GPU's work.
 //! Prints one JSON object: `{"median_s": …, "steps_s": […], …}`.
 
 use std::process::ExitCode;
@@ -21,10 +23,11 @@ struct Args {
     patch: [usize; 3],
     warmup: usize,
     steps: usize,
+    cuda: bool,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { width: 8, patch: [64, 64, 32], warmup: 1, steps: 3 };
+    let mut a = Args { width: 8, patch: [64, 64, 32], warmup: 1, steps: 3, cuda: false };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
@@ -33,6 +36,13 @@ fn parse() -> Result<Args, String> {
             "--width" => a.width = num(&v)?,
             "--warmup" => a.warmup = num(&v)?,
             "--steps" => a.steps = num(&v)?.max(1),
+            "--device" => {
+                a.cuda = match v.as_str() {
+                    "cpu" => false,
+                    "cuda" => true,
+                    _ => return Err(format!("--device {v}: want cpu or cuda")),
+                }
+            }
             "--patch" => {
                 let p: Vec<usize> = v.split(',').map(num).collect::<Result<_, _>>()?;
                 a.patch = p.try_into().map_err(|_| format!("--patch {v}: want D,H,W"))?;
@@ -44,7 +54,7 @@ fn parse() -> Result<Args, String> {
 }
 
 fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
-    let dev = Device::Cpu;
+    let dev = if a.cuda { Device::new_cuda(0)? } else { Device::Cpu };
     let cfg = MgsdConfig { width: a.width, ..MgsdConfig::default() };
     let mut obj = MgsdObjective::new(cfg, &dev, true)?;
     let [d, h, w] = a.patch;
@@ -71,6 +81,7 @@ fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
         if let Some(dl) = obj.discriminator_loss(&terms)? {
             opt_d.step(&dl.backward()?)?;
         }
+        dev.synchronize()?;
         let dt = t0.elapsed().as_secs_f64();
         if step >= a.warmup {
             times.push(dt);
@@ -80,8 +91,10 @@ fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     Ok(format!(
-        "{{\"impl\": \"candle\", \"width\": {}, \"patch\": {:?}, \"median_s\": {median:.4}, \"steps_s\": {times:?}}}",
-        a.width, a.patch
+        "{{\"impl\": \"candle\", \"device\": \"{}\", \"width\": {}, \"patch\": {:?}, \"median_s\": {median:.4}, \"steps_s\": {times:?}}}",
+        if a.cuda { "cuda" } else { "cpu" },
+        a.width,
+        a.patch
     ))
 }
 

@@ -22,13 +22,14 @@
 //!   (default 90) and embeds it as `ATTENTION_PTX`. This feature needs nvcc only, not candle's
 //!   CUDA backend.
 //!
-//! - `cuda` also builds [`candle_op`]: the no-softmax kernels as a differentiable candle op,
-//!   which `mgsd_nn::cross_attention` uses on CUDA tensors. The softmax kernels are not wired
-//!   into candle yet (the CUDA path composes candle ops for that variant).
+//! - `cuda` also builds [`candle_ops`]: the no-softmax attention kernels and the GroupNorm
+//!   kernels (`kernels/group_norm.cu`) as differentiable candle ops, which `mgsd-nn` uses on
+//!   CUDA tensors. The softmax attention kernels are not wired into candle yet (the CUDA path
+//!   composes candle ops for that variant).
 #![warn(missing_docs)]
 
 #[cfg(feature = "cuda")]
-pub mod candle_op;
+pub mod candle_ops;
 pub mod launch;
 
 /// CUDA C++ source of the attention kernels, the file `build.rs` compiles under `cuda`.
@@ -40,6 +41,13 @@ pub const PTX_EMBEDDED: bool = cfg!(feature = "cuda");
 /// The attention kernels as PTX for `sm_$CUDA_COMPUTE_CAP`, compiled by `build.rs`.
 #[cfg(feature = "cuda")]
 pub const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+
+/// CUDA C++ source of the GroupNorm kernels.
+pub const GROUP_NORM_CU: &str = include_str!("kernels/group_norm.cu");
+
+/// The GroupNorm kernels as PTX, compiled by `build.rs`.
+#[cfg(feature = "cuda")]
+pub const GROUP_NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
 
 /// The nvcc that compiled `ATTENTION_PTX` (`"none"` without the `cuda` feature).
 pub const BUILT_WITH_NVCC: &str = env!("MGSD_KERNELS_NVCC");

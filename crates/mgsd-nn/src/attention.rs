@@ -60,9 +60,10 @@ pub fn cross_attention(
     match variant {
         #[cfg(feature = "cuda")]
         AttentionVariant::NoSoftmax
-            if q.device().is_cuda() && mgsd_kernels::candle_op::supports_head_dim(dh) =>
+            if q.device().is_cuda()
+                && mgsd_kernels::candle_ops::attention::supports_head_dim(dh) =>
         {
-            mgsd_kernels::candle_op::no_softmax_attention(&q, &k, &v, scale as f32)
+            mgsd_kernels::candle_ops::attention::no_softmax_attention(&q, &k, &v, scale as f32)
         }
         AttentionVariant::NoSoftmax => {
             // (B, h, dh, Nk) · (B, h, Nk, dh) → (B, h, dh, dh)

@@ -115,6 +115,11 @@ pub fn group_norm(
             bias.shape()
         );
     }
+    #[cfg(feature = "cuda")]
+    if xs.device().is_cuda() {
+        use mgsd_kernels::candle_ops::group_norm as cuda;
+        return cuda::group_norm(xs, weight, bias, num_groups, eps, relu);
+    }
     if !xs.device().is_cpu() {
         return crate::composite::group_norm(xs, weight, bias, num_groups, eps, relu);
     }

@@ -7,14 +7,12 @@
 //! computed by one op that returns `dk` and `dv` stacked. The CPU twin is
 //! `mgsd_nn::attention::cross_attention` (two matmuls), which the GPU tests compare against.
 
-use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use crate::launch::{self, Dtype, Launch, Op};
+use super::{config, cuda_only, launch_err, num_sms, to_i32, view};
+use crate::launch::{self, Dtype, Op};
 
 /// Name under which candle caches the PTX module per device.
 const MODULE: &str = "mgsd_attention";
@@ -60,42 +58,6 @@ struct GradQ {
 /// `dk` and `dv`, stacked as `(2, B, H, Nk, dh)`, from `(q, dout, stack(k, v))`.
 struct GradKv {
     scale: f32,
-}
-
-fn cuda_only<T>(name: &str) -> Result<T> {
-    bail!("{name}: runs on CUDA tensors only (the CPU twin is mgsd_nn::cross_attention)")
-}
-
-fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
-    if !l.is_contiguous() {
-        bail!("no_softmax_attention: operands must be contiguous")
-    }
-    let slice: &CudaSlice<f32> = s.as_cuda_slice::<f32>()?;
-    let start = l.start_offset();
-    Ok(slice.slice(start..start + l.shape().elem_count()))
-}
-
-fn config(l: Launch) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
-        block_dim: (l.block[0], l.block[1], l.block[2]),
-        shared_mem_bytes: l.shared_mem_bytes,
-    }
-}
-
-fn num_sms(dev: &CudaDevice) -> usize {
-    dev.cuda_stream()
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_or(132, |n| n.max(1) as usize)
-}
-
-fn to_i32(v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("attention: {v} exceeds i32")))
-}
-
-fn launch_err(e: launch::LaunchError) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
 }
 
 /// `m[bh] = alpha·aᵀb` over `n` rows per head; `m` is a fresh zeroed `(bh, dh, dh)` buffer.
@@ -158,7 +120,7 @@ impl CustomOp3 for Forward {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cuda_only(self.name())
+        cuda_only(self.name(), "mgsd_nn::cross_attention")
     }
 
     fn cuda_fwd(
@@ -217,7 +179,7 @@ impl CustomOp3 for GradQ {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cuda_only(self.name())
+        cuda_only(self.name(), "mgsd_nn::cross_attention")
     }
 
     fn cuda_fwd(
@@ -254,7 +216,7 @@ impl CustomOp3 for GradKv {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cuda_only(self.name())
+        cuda_only(self.name(), "mgsd_nn::cross_attention")
     }
 
     fn cuda_fwd(

@@ -1,0 +1,53 @@
+//! The CUDA kernels as candle custom ops (`cuda` feature): each op's `cuda_fwd` launches the
+//! embedded PTX on the tensors' device and stream, and its `bwd` builds the backward from
+//! more such ops, so candle's autograd drives them like its own ops. CPU tensors are refused:
+//! the CPU twins live in `mgsd-nn`, which picks the op by device.
+
+pub mod attention;
+pub mod group_norm;
+
+use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::{bail, CudaStorage, Layout, Result};
+
+use crate::launch::{self, Launch};
+
+/// The error of an op's `cpu_fwd`: these ops run on CUDA tensors only.
+fn cuda_only<T>(name: &str, twin: &str) -> Result<T> {
+    bail!("{name}: runs on CUDA tensors only (the CPU twin is {twin})")
+}
+
+/// The contiguous f32 data of an operand as a device view.
+fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
+    if !l.is_contiguous() {
+        bail!("mgsd-kernels: operands must be contiguous, got a layout of {:?}", l.shape())
+    }
+    let slice: &CudaSlice<f32> = s.as_cuda_slice::<f32>()?;
+    let start = l.start_offset();
+    Ok(slice.slice(start..start + l.shape().elem_count()))
+}
+
+fn config(l: Launch) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
+        block_dim: (l.block[0], l.block[1], l.block[2]),
+        shared_mem_bytes: l.shared_mem_bytes,
+    }
+}
+
+/// Multiprocessors of the device (132 on an H100/H200 if the query fails).
+fn num_sms(dev: &CudaDevice) -> usize {
+    dev.cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_or(132, |n| n.max(1) as usize)
+}
+
+fn to_i32(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("mgsd-kernels: {v} exceeds i32")))
+}
+
+fn launch_err(e: launch::LaunchError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}

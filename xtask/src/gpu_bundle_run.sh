@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Runs the CUDA checks and benchmarks of a `cargo xtask gpu-bundle` on a GPU machine that has
+# no Rust, from the repository root (the benchmarks' PyTorch twins live in bench/):
+#
+#   target-cuda/gpu-bundle/run.sh [OUT_DIR]        # default OUT_DIR: $OUT, else ./gpu-out
+#
+# 1. the GPU-vs-CPU parity tests of mgsd-nn (cuDNN Conv3d, composed layers, fused attention,
+#    a whole UNet3D forward and backward);
+# 2. one MGSD training step, ours against PyTorch eager on the same GPU, with peak memory
+#    (nvidia-smi's reading for both, PyTorch's allocator peaks too); sizes from STEP_ARGS;
+# 3. the demo workflow of mgsd-train on the GPU (unless SKIP_DEMO=1).
+# Environment: PYTHON (python3 with torch and NVIDIA's wheels), STEP_ARGS.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-${OUT:-gpu-out}}"
+mkdir -p "$out"
+PY="${PYTHON:-python3}"
+STEP_ARGS="${STEP_ARGS:---width 16 --patch 160,192,128 --warmup 1 --steps 3}"
+tmp="$(mktemp -d)"
+"$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+  "$here/bin.tar.xz" "$tmp" || exit 1
+bin="$tmp/bin"
+
+# The CUDA libraries of the Python environment's NVIDIA wheels (PyTorch ships them).
+libs=$("$PY" - <<'EOF'
+import os
+import nvidia
+want = ("libcublas", "libcudnn.so", "libcurand", "libnvrtc", "libcudart")
+dirs = {d for r in nvidia.__path__ for d, _, fs in os.walk(r) if any(f.startswith(want) for f in fs)}
+print(":".join(sorted(dirs)))
+EOF
+)
+export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+if ldd "$bin/step-bench" | grep "not found"; then
+  echo "missing CUDA libraries (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
+  exit 1
+fi
+status=0
+
+echo "== parity tests"
+"$bin/cuda_parity" --test-threads 1 2>&1 | tee "$out/parity.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+# Peak of nvidia-smi's memory.used while a command runs, in MiB, appended to its JSON line.
+with_peak() {
+  local log
+  log="$(mktemp)"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$log" &
+  local smi=$!
+  local line
+  line="$("$@")"
+  local rc=$?
+  kill "$smi" 2>/dev/null
+  wait "$smi" 2>/dev/null
+  local peak
+  peak="$(sort -n "$log" | tail -1)"
+  echo "${line%\}}, \"smi_peak_mib\": ${peak:-0}}"
+  return $rc
+}
+
+echo "== MGSD training step, $STEP_ARGS"
+# shellcheck disable=SC2086
+ours="$(with_peak "$bin/step-bench" --device cuda $STEP_ARGS)" || status=1
+# shellcheck disable=SC2086
+theirs="$(with_peak "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS)" || status=1
+echo "$ours" | tee "$out/step.jsonl"
+echo "$theirs" | tee -a "$out/step.jsonl"
+"$PY" - "$ours" "$theirs" <<'EOF' || status=1
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"MGSD step on CUDA, width {a['width']}, patch {a['patch']}: candle {a['median_s']:.3f} s, "
+      f"pytorch {b['median_s']:.3f} s, ratio {a['median_s'] / b['median_s']:.2f}; "
+      f"peak memory (nvidia-smi) {a['smi_peak_mib']} vs {b['smi_peak_mib']} MiB, "
+      f"ratio {a['smi_peak_mib'] / max(b['smi_peak_mib'], 1):.2f}")
+EOF
+
+if [ "${SKIP_DEMO:-0}" != 1 ]; then
+  echo "== mgsd-train demo on CUDA"
+  timeout "${DEMO_TIMEOUT:-120}" "$bin/mgsd-train" --device cuda --quiet --run-dir "$tmp/demo" 2>&1 | tail -40 | tee "$out/demo.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  cp "$tmp"/demo/*.md "$out/" 2>/dev/null
+fi
+exit $status
