@@ -65,13 +65,22 @@ pub(crate) fn leaky_relu(xs: &Tensor, negative_slope: f32) -> Result<Tensor> {
     xs * factor
 }
 
-/// Adaptive average pooling with PyTorch's bins, as three small matrix products (one per
-/// axis): the average over a box is the product of the averages along its axes.
+/// Adaptive average pooling with PyTorch's bins, one axis at a time (the average over a box
+/// is the product of the averages along its axes): an axis kept at its size is skipped, one
+/// pooled to a single cell is a mean, any other is a small matrix product. The multi-view
+/// profiles `(d,1,1)`, `(1,h,1)`, `(1,1,w)` of the feature level thus never copy the volume.
 pub(crate) fn adaptive_avg_pool3d(xs: &Tensor, out: [usize; 3]) -> Result<Tensor> {
-    let (n, c, d, h, w) = xs.dims5()?;
-    let dev = xs.device();
-    // (In, Out) matrix averaging each bin.
-    let pool_t = |inp: usize, o: usize| -> Result<Tensor> {
+    let mut x = xs.clone();
+    for (axis, o) in (2..5).zip(out) {
+        let inp = x.dim(axis)?;
+        if inp == o {
+            continue;
+        }
+        if o == 1 {
+            x = x.mean_keepdim(axis)?;
+            continue;
+        }
+        // (In, Out) matrix averaging each bin.
         let mut m = vec![0f32; inp * o];
         for i in 0..o {
             let (s, e) = (i * inp / o, ((i + 1) * inp).div_ceil(o));
@@ -79,19 +88,16 @@ pub(crate) fn adaptive_avg_pool3d(xs: &Tensor, out: [usize; 3]) -> Result<Tensor
                 m[r * o + i] = 1.0 / (e - s) as f32;
             }
         }
-        Tensor::from_vec(m, (inp, o), dev)
-    };
-    let [od, oh, ow] = out;
-    // W: (n·c·d·h, w) · (w, ow)
-    let x = xs.reshape((n * c * d * h, w))?.matmul(&pool_t(w, ow)?)?;
-    // H: (n·c·d, ow, h) · (h, oh)
-    let x = x.reshape((n * c * d, h, ow))?.transpose(1, 2)?.contiguous()?;
-    let x = x.reshape((n * c * d * ow, h))?.matmul(&pool_t(h, oh)?)?;
-    // D: (n·c, ow·oh, d) · (d, od); x is (n·c·d, ow, oh) here.
-    let x = x.reshape((n * c, d, ow * oh))?.transpose(1, 2)?.contiguous()?;
-    let x = x.reshape((n * c * ow * oh, d))?.matmul(&pool_t(d, od)?)?;
-    // (n, c, ow, oh, od) → (n, c, od, oh, ow)
-    x.reshape((n, c, ow, oh, od))?.permute((0, 1, 4, 3, 2))?.contiguous()
+        let pool = Tensor::from_vec(m, (inp, o), x.device())?;
+        // Move the axis last, multiply, move it back.
+        let last = x.transpose(axis, 4)?.contiguous()?;
+        let mut dims = last.dims().to_vec();
+        let rows = last.elem_count() / inp;
+        let y = last.reshape((rows, inp))?.matmul(&pool)?;
+        dims[4] = o;
+        x = y.reshape(dims)?.transpose(axis, 4)?;
+    }
+    x.contiguous()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The CUDA path against the CPU path (`cuda` feature, a GPU machine): every layer family the
 //! networks use and a whole `UNet3D`, forward and backward, on the same values.
 //!
-//! Tolerances are relative to the largest magnitude of the CPU result. With cuDNN in full f32
+//! Tolerances are relative to the largest magnitude of the CPU result (at least 1). With cuDNN in full f32
 //! (`set_cudnn_tf32(false)`) they are 1e-4 for single layers and 1e-3 for the network; with
 //! TF32 tensor cores (the default, as in PyTorch) a convolution is checked at 5e-3.
 //!
@@ -29,7 +29,9 @@ fn max_rel_diff(cpu: &Tensor, gpu: &Tensor) -> f32 {
     let a = cpu.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = gpu.to_device(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(a.len(), b.len());
-    let scale = a.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+    // At least 1: the inputs are N(0, 1), and an exactly-zero gradient (softmax over one key)
+    // must not turn rounding noise into a relative error.
+    let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
     a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
@@ -70,7 +72,7 @@ fn check(name: &str, shapes: &[&[usize]], tol: f32, f: impl Fn(&[Tensor]) -> Res
 
 #[test]
 fn conv3d_matches_the_cpu_in_every_geometry() {
-    let _lock = TF32.lock().unwrap();
+    let _lock = TF32.lock().unwrap_or_else(|e| e.into_inner());
     let cube = Conv3dConfig::cube;
     // (input, cout, config): the U-Net's 3×3×3, its strided downsampling, 1×1×1 heads, the
     // discriminator's 4×4×4 stride 2, a dilated and an anisotropic case.
@@ -102,7 +104,9 @@ fn conv3d_matches_the_cpu_in_every_geometry() {
                 conv3d_forward(&t[0], &t[1], b, None, cfg)
             };
             let name = format!("conv3d {x:?} -> {cout} {cfg:?} tf32={tf32}");
-            check(&name, &[&x[..], &w[..], &[*cout]], tol, with_bias);
+            let b = [*cout];
+            let shapes: &[&[usize]] = if cfg.bias { &[x, &w, &b] } else { &[x, &w] };
+            check(&name, shapes, tol, with_bias);
         }
         // The residual variant.
         let cfg = cube(3).padding(1);
@@ -152,7 +156,7 @@ fn fused_attention_kernels_match_the_cpu_twin() {
 
 #[test]
 fn unet3d_forward_and_backward_match_the_cpu() {
-    let _lock = TF32.lock().unwrap();
+    let _lock = TF32.lock().unwrap_or_else(|e| e.into_inner());
     set_cudnn_tf32(false);
     let gpu = cuda();
     let cfg = UNet3DConfig { width: 8, ..UNet3DConfig::default() };
