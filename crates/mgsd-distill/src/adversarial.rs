@@ -59,9 +59,22 @@ impl<D: Module> Adversary<D> {
     }
 
     /// Discriminator loss `bce(D(out_f.detach()), 0) + bce(D(out_m.detach()), 1)`.
+    ///
+    /// Both inputs go through `D` as one batch: `D` has no layer that couples batch items, and
+    /// one wider pass is faster than two (larger matrix products, half the op calls).
     pub fn discriminator_loss(&self, out_f: &Tensor, out_m: &Tensor) -> Result<Tensor> {
-        let f = bce_with_logits(&self.trainable.forward(&out_f.detach())?, SOURCE_LABEL)?;
-        let m = bce_with_logits(&self.trainable.forward(&out_m.detach())?, TARGET_LABEL)?;
+        if out_f.dims() != out_m.dims() {
+            candle_core::bail!(
+                "discriminator_loss: out_f {:?} and out_m {:?} differ in shape",
+                out_f.dims(),
+                out_m.dims()
+            )
+        }
+        let n = out_f.dim(0)?;
+        let both = Tensor::cat(&[&out_f.detach(), &out_m.detach()], 0)?;
+        let logits = self.trainable.forward(&both)?;
+        let f = bce_with_logits(&logits.narrow(0, 0, n)?, SOURCE_LABEL)?;
+        let m = bce_with_logits(&logits.narrow(0, n, n)?, TARGET_LABEL)?;
         f + m
     }
 }

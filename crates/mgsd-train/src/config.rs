@@ -632,7 +632,19 @@ pub fn open_device(spec: DeviceSpec) -> Result<candle_core::Device> {
             Ok(candle_core::Device::Cpu)
         }
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(n) => candle_core::Device::new_cuda(n).with_context(|| format!("opening CUDA device {n}")),
+        DeviceSpec::Cuda(n) => {
+            let dev = candle_core::Device::new_cuda(n)
+                .with_context(|| format!("opening CUDA device {n}"))?;
+            // PyTorch's default is TF32 in cuDNN convolutions; MGSD_CUDNN_TF32=0 asks for full f32.
+            let tf32 = std::env::var("MGSD_CUDNN_TF32").as_deref() != Ok("0");
+            mgsd_nn::conv3d::set_cudnn_tf32(tf32);
+            tracing::info!(
+                ordinal = n,
+                cudnn_tf32 = tf32,
+                "CUDA device (env MGSD_CUDNN_TF32=0 for full-f32 convolutions)"
+            );
+            Ok(dev)
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceSpec::Cuda(n) => bail!(
             "device cuda:{n} requested, but this mgsd-train was built without CUDA; rebuild with `cargo build --release -p mgsd-train --features cuda`"
