@@ -401,8 +401,12 @@ impl MgsdObjective {
         let x_miss = r.apply(x)?;
         let teacher_seed = if self.cfg.teacher_dropout { self.seed(train) } else { None };
         let out_t = self.teacher.forward_t(x, teacher_seed)?.out.detach();
-        let full = self.model.unet.forward_t(x, self.seed(train))?;
-        let miss = self.model.unet.forward_t(&x_miss, self.seed(train))?;
+        // Both student passes as one batch of 2B: the U-Net couples no batch items (GroupNorm
+        // is per sample), and one wider pass is faster than two. Dropout draws one mask over
+        // the batch, so each half still gets its own.
+        let both = self.model.unet.forward_t(&Tensor::cat(&[x, &x_miss], 0)?, self.seed(train))?;
+        let full = both.narrow_batch(0, b)?;
+        let miss = both.narrow_batch(b, b)?;
 
         let sup_full = soft_dice(&full.out, y)?;
         let sup_miss = soft_dice(&miss.out, y)?;

@@ -54,6 +54,18 @@ pub struct UNet3DOutput {
 }
 
 impl UNet3DOutput {
+    /// Batch items `[start, start + len)` of every output (views, no copy).
+    pub fn narrow_batch(&self, start: usize, len: usize) -> Result<Self> {
+        let n = |t: &Tensor| t.narrow(0, start, len);
+        Ok(Self {
+            out: n(&self.out)?,
+            style: n(&self.style)?,
+            u2: n(&self.u2)?,
+            u3: n(&self.u3)?,
+            u4: n(&self.u4)?,
+        })
+    }
+
     /// `(out, style, u2, u3, u4)`, the reference's return order.
     pub fn into_tuple(self) -> (Tensor, Tensor, Tensor, Tensor, Tensor) {
         (self.out, self.style, self.u2, self.u3, self.u4)
