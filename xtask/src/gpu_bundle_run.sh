@@ -8,8 +8,12 @@
 #    a whole UNet3D forward and backward);
 # 2. one MGSD training step, ours against PyTorch eager on the same GPU, with peak memory
 #    (nvidia-smi's reading for both, PyTorch's allocator peaks too); sizes from STEP_ARGS;
-# 3. the demo workflow of mgsd-train on the GPU (unless SKIP_DEMO=1).
+# 3. the demo workflow of mgsd-train on the GPU (unless SKIP_DEMO=1; DEMO_TIMEOUT, 120 s);
+# 4. with ATTENTION=1, the attention kernels' own check against PyTorch
+#    (crates/mgsd-kernels/gpu/check_attention.py, about 30 s).
 # Environment: PYTHON (python3 with torch and NVIDIA's wheels), STEP_ARGS.
+# To compare two builds in one GPU call, pack the second with `cargo xtask gpu-bundle --out
+# target-cuda/gpu-bundle-b`, carry both folders and run both scripts (SKIP_DEMO=1).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-${OUT:-gpu-out}}"
@@ -80,5 +84,10 @@ if [ "${SKIP_DEMO:-0}" != 1 ]; then
   timeout "${DEMO_TIMEOUT:-120}" "$bin/mgsd-train" --device cuda --quiet --run-dir "$tmp/demo" 2>&1 | tail -40 | tee "$out/demo.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   cp "$tmp"/demo/*.md "$out/" 2>/dev/null
+fi
+if [ "${ATTENTION:-0}" = 1 ]; then
+  echo "== attention kernels vs PyTorch"
+  "$PY" crates/mgsd-kernels/gpu/check_attention.py --ptx crates/mgsd-kernels/gpu/ptx/ \
+    --out "$out" 2>&1 | tail -60 || status=1
 fi
 exit $status
