@@ -21,8 +21,9 @@
 //! [`MgsdObjective::update_teacher`].
 //!
 //! Training mode applies dropout in the two student passes and, as the reference does (its EMA
-//! network is a sub-module of the training-mode model), in the teacher pass; each pass draws
-//! its own dropout seed.
+//! network is a sub-module of the training-mode model), in the teacher pass. Every training
+//! step draws [`DROPOUT_SEEDS_PER_STEP`] seeds from a counter, so a resumed run can restart the
+//! counter from its step number.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -48,6 +49,8 @@ pub const UNET_PREFIX: &str = "unet";
 pub const EMA_PREFIX: &str = "ema_model";
 /// Output channels of the segmenter (ED, NCR/NET, ET).
 pub const OUT_CHANNELS: usize = 3;
+/// Dropout seeds one training step draws: the teacher pass and the batched student passes.
+pub const DROPOUT_SEEDS_PER_STEP: u64 = 2;
 
 /// Weights of the terms in `total` (MGSD-SPEC §3 step 4; adversarial weight 1 as the reference's
 /// separate backward).
@@ -377,6 +380,7 @@ impl MgsdObjective {
         Ok(a)
     }
 
+    /// The next dropout seed in training mode (see [`DROPOUT_SEEDS_PER_STEP`]).
     fn seed(&self, train: bool) -> Option<u64> {
         train.then(|| self.next_seed.fetch_add(1, Ordering::Relaxed))
     }
@@ -399,7 +403,8 @@ impl MgsdObjective {
             );
         }
         let x_miss = r.apply(x)?;
-        let teacher_seed = if self.cfg.teacher_dropout { self.seed(train) } else { None };
+        // Drawn even without teacher dropout, so that every step takes the same number of seeds.
+        let teacher_seed = self.seed(train).filter(|_| self.cfg.teacher_dropout);
         let out_t = self.teacher.forward_t(x, teacher_seed)?.out.detach();
         // Both student passes as one batch of 2B: the U-Net couples no batch items (GroupNorm
         // is per sample), and one wider pass is faster than two. Dropout draws one mask over

@@ -18,8 +18,7 @@ pub const OPTIM_PREFIX: &str = "optim.";
 /// Checkpoint prefix of the discriminator optimiser's moments.
 pub const OPTIM_D_PREFIX: &str = "optim_d.";
 
-/// Dropout seeds the objective consumes per training step (teacher, full path, missing path).
-pub const DROPOUT_SEEDS_PER_STEP: u64 = 3;
+pub use mgsd_distill::objective::DROPOUT_SEEDS_PER_STEP;
 
 /// The objective's configuration for a run whose first dropout seed is `dropout_seed`.
 pub fn mgsd_config(cfg: &Config, dropout_seed: u64) -> MgsdConfig {
