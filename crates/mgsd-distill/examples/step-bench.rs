@@ -99,6 +99,8 @@ fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
+    // As mgsd-train does: malloc keeps freed memory for reuse.
+    mgsd_nn::keep_freed_memory();
     match parse().map_err(Into::into).and_then(|a| run(&a)) {
         Ok(s) => {
             println!("{s}");

@@ -55,6 +55,8 @@ fn case(
 }
 
 fn main() -> Result<()> {
+    // As mgsd-train does: malloc keeps freed memory for reuse.
+    mgsd_nn::keep_freed_memory();
     let reps = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let x = rand(&[1, 32, 64, 64, 64])?;
     let gamma = Var::ones(32, DType::F32, &Device::Cpu)?;

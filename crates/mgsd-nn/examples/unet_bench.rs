@@ -42,6 +42,8 @@ fn cpu_secs() -> f64 {
 }
 
 fn main() -> Result<()> {
+    // As mgsd-train does: malloc keeps freed memory for reuse.
+    mgsd_nn::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: unet_bench <fwdbwd|fwd> D H W [width] [iters]";
     if args.len() < 4 {

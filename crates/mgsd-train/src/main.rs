@@ -150,6 +150,9 @@ fn main() {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
+    if mgsd_nn::keep_freed_memory() {
+        tracing::debug!("malloc keeps freed memory for reuse (mgsd_nn::malloc_policy)");
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
