@@ -10,7 +10,8 @@
 //! The stubs define every function of cudarc's bindings for that library, read from the cudarc
 //! sources that cargo resolved, so they follow cudarc's version.
 //!
-//! Output (`--out`, default `target-cuda/gpu-bundle`): `bin.tar.xz` (stripped executables) and
+//! Output (`--out`, default `target-cuda/gpu-bundle`): `bin.tar.xz` (the stripped executables
+//! of `TARGETS`) and
 //! `run.sh`, which unpacks them, points the loader at the CUDA libraries of the machine's
 //! Python (PyTorch's wheels) and runs the GPU checks and benchmarks.
 
@@ -171,21 +172,13 @@ fn toolkit_with_stubs(opts: &GpuBundleOptions, cudarc: &Path) -> Result<PathBuf>
     Ok(home)
 }
 
-/// The cargo invocations of the bundle: (arguments, what it is for).
-const BUILDS: [&[&str]; 3] = [
-    &["build", "--release", "-p", "mgsd-train", "--features", "cuda"],
-    &["build", "--release", "-p", "mgsd-distill", "--features", "cuda", "--example", "step-bench"],
-    &[
-        "test",
-        "--release",
-        "-p",
-        "mgsd-nn",
-        "--features",
-        "cuda",
-        "--test",
-        "cuda_parity",
-        "--no-run",
-    ],
+/// What the bundle holds: (package, cargo's selection of the executable), each built with
+/// `cargo build --release -p <package> --features cuda <selection>`.
+const TARGETS: [(&str, [&str; 2]); 4] = [
+    ("mgsd-train", ["--bin", "mgsd-train"]),
+    ("mgsd-distill", ["--example", "step-bench"]),
+    ("mgsd-nn", ["--test", "cuda_parity"]),
+    ("mgsd-distill", ["--test", "golden_mgsd"]),
 ];
 
 /// Builds everything with `--features cuda` and packs it.
@@ -196,10 +189,12 @@ pub fn gpu_bundle(workspace: &Path, opts: &GpuBundleOptions) -> Result<()> {
     let path =
         format!("{}:{}", home.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     let mut executables: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for args in BUILDS {
+    for (package, selection) in TARGETS {
+        let mut args = vec!["build", "--release", "-p", package, "--features", "cuda"];
+        args.extend(selection);
         tracing::info!("cargo {}", args.join(" "));
         let mut child = Command::new(env!("CARGO"))
-            .args(args)
+            .args(&args)
             .arg("--message-format=json-render-diagnostics")
             .current_dir(workspace)
             .env("CUDA_HOME", &home)
@@ -224,7 +219,7 @@ pub fn gpu_bundle(workspace: &Path, opts: &GpuBundleOptions) -> Result<()> {
         let status = child.wait()?;
         ensure!(status.success(), "cargo {} failed: {status}", args.join(" "));
     }
-    for want in ["mgsd-train", "step-bench", "cuda_parity"] {
+    for (_, [_, want]) in TARGETS {
         ensure!(executables.contains_key(want), "the build produced no {want} executable");
     }
     pack(&executables, &opts.out)

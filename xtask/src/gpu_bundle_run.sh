@@ -5,7 +5,8 @@
 #   target-cuda/gpu-bundle/run.sh [OUT_DIR]        # default OUT_DIR: $OUT, else ./gpu-out
 #
 # 1. the GPU-vs-CPU parity tests of mgsd-nn (cuDNN Conv3d, composed layers, fused attention,
-#    a whole UNet3D forward and backward);
+#    a whole UNet3D forward and backward), and the golden MGSD objective test (every loss term
+#    and gradient against float64 PyTorch) on the GPU and the CPU;
 # 2. one MGSD training step, ours against PyTorch eager on the same GPU, with peak memory
 #    (nvidia-smi's reading for both, PyTorch's allocator peaks too); sizes from STEP_ARGS;
 # 3. the demo workflow of mgsd-train on the GPU (unless SKIP_DEMO=1; DEMO_TIMEOUT, 120 s);
@@ -44,6 +45,11 @@ status=0
 
 echo "== parity tests"
 "$bin/cuda_parity" --test-threads 1 2>&1 | tee "$out/parity.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+echo "== the MGSD objective against float64 PyTorch, on the GPU and on the CPU"
+MGSD_DISTILL_FIXTURES="$PWD/crates/mgsd-distill/fixtures" "$bin/golden_mgsd" --test-threads 1 \
+  --nocapture 2>&1 | tail -80 | tee "$out/golden.log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 # Peak of nvidia-smi's memory.used while a command runs, in MiB, appended to its JSON line.
