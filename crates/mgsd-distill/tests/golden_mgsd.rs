@@ -159,12 +159,11 @@ fn loss_terms_and_gradients_match_pytorch_on_cuda() {
 /// Every loss term of every mask case, and the gradients of the first, against float64
 /// PyTorch; term tolerances scaled by `term_tol_scale`.
 fn match_pytorch_on(dev: &Device, term_tol_scale: f64) {
-    let dev = dev.clone();
     let g = load_golden();
-    let obj = objective(&g, &dev);
-    let (x, y) = batch(&g, &dev);
+    let obj = objective(&g, dev);
+    let (x, y) = batch(&g, dev);
     let grads_want =
-        candle_core::safetensors::load(fixtures().join("mgsd_golden_grads.safetensors"), &dev)
+        candle_core::safetensors::load(fixtures().join("mgsd_golden_grads.safetensors"), dev)
             .unwrap();
     for (k, case) in g.cases.iter().enumerate() {
         let r = ModalityMask::new(case.r).unwrap();

@@ -177,18 +177,19 @@ struct Conv3dBwdInput(ConvGeom);
 /// Gradient of the weight matrix: operands `dY` and `x`.
 struct Conv3dBwdWeight(ConvGeom);
 
+/// Gradients of `x` and of the weights `wb` from the output gradient, with the device's two
+/// gradient ops (`dx` from `(dY, wb)`, the weights' from `(dY, x)`).
 fn conv_bwd(
-    g: &ConvGeom,
     x: &Tensor,
     wb: &Tensor,
     grad: &Tensor,
+    input_grad: &impl CustomOp2,
+    weight_grad: &impl CustomOp2,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let grad = grad.contiguous()?;
     // Inputs that carry no gradient (the network input) skip the whole grad-input pass.
-    let dx =
-        if x.track_op() { Some(grad.apply_op2_no_bwd(wb, &Conv3dBwdInput(*g))?) } else { None };
-    let dw =
-        if wb.track_op() { Some(grad.apply_op2_no_bwd(x, &Conv3dBwdWeight(*g))?) } else { None };
+    let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(wb, input_grad)?) } else { None };
+    let dw = if wb.track_op() { Some(grad.apply_op2_no_bwd(x, weight_grad)?) } else { None };
     Ok((dx, dw))
 }
 
@@ -217,7 +218,7 @@ impl CustomOp2 for Conv3dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        conv_bwd(&self.0, x, wb, grad)
+        conv_bwd(x, wb, grad, &Conv3dBwdInput(self.0), &Conv3dBwdWeight(self.0))
     }
 }
 
@@ -250,7 +251,7 @@ impl CustomOp3 for Conv3dAddOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = conv_bwd(&self.0, x, wb, grad)?;
+        let (dx, dw) = conv_bwd(x, wb, grad, &Conv3dBwdInput(self.0), &Conv3dBwdWeight(self.0))?;
         let dr = r.track_op().then(|| grad.clone());
         Ok((dx, dw, dr))
     }

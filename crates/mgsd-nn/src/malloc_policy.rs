@@ -9,6 +9,14 @@
 //! call once at start-up: a library should not change a process-wide policy on its own.
 //! Measurements: docs/BENCHMARKS.md.
 
+/// Whether the user configured glibc's malloc through its environment variables.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn user_settings_present() -> bool {
+    ["MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
 /// Keeps freed memory in the process for reuse (glibc on Linux; elsewhere nothing changes):
 /// no `mmap` for large blocks, no heap trimming. glibc settings the user gave through
 /// `MALLOC_MMAP_MAX_`, `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` win. Returns whether
@@ -20,10 +28,7 @@
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let user_set = ["MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some());
-        if user_set {
+        if user_settings_present() {
             return false;
         }
         // SAFETY: mallopt only changes malloc's tuning parameters; both values are in range.
@@ -43,9 +48,7 @@ pub fn keep_freed_memory() -> bool {
 mod tests {
     #[test]
     fn applies_on_glibc_and_large_allocations_still_work() {
-        let user_set = ["MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some());
+        let user_set = super::user_settings_present();
         let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
         assert_eq!(super::keep_freed_memory(), glibc && !user_set);
         // Blocks far above the old mmap threshold, freed and allocated again.

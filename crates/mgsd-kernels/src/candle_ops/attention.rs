@@ -100,6 +100,24 @@ fn apply(
     Ok(())
 }
 
+/// `alpha·x·M`, or `alpha·x·Mᵀ` when `transpose`, with `M = kᵀv` formed here: the forward
+/// (`x = q`) and `dq` (`x = dout`, transposed) are the same two launches.
+fn times_kv(
+    (sx, lx): (&CudaStorage, &Layout),
+    (sk, lk): (&CudaStorage, &Layout),
+    (sv, lv): (&CudaStorage, &Layout),
+    (alpha, transpose): (f32, bool),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = sx.device.clone();
+    let (bh, n, dh) = heads(lx)?;
+    let (_, nk, _) = heads(lk)?;
+    let m = outer(&dev, &view(sk, lk)?, &view(sv, lv)?, (bh, nk, dh), 1.0)?;
+    // SAFETY: Apply writes every element of `out`.
+    let mut out = unsafe { dev.alloc::<f32>(bh * n * dh) }?;
+    apply(&dev, &view(sx, lx)?, &m, &mut out.slice_mut(..), (bh, n, dh), (alpha, transpose))?;
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), lx.shape().clone()))
+}
+
 /// `(B·H, N, dh)` of a `(B, H, N, dh)` layout.
 fn heads(l: &Layout) -> Result<(usize, usize, usize)> {
     let (b, h, n, dh) = l.shape().dims4()?;
@@ -132,14 +150,7 @@ impl CustomOp3 for Forward {
         sv: &CudaStorage,
         lv: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = sq.device.clone();
-        let (bh, nq, dh) = heads(lq)?;
-        let (_, nk, _) = heads(lk)?;
-        let m = outer(&dev, &view(sk, lk)?, &view(sv, lv)?, (bh, nk, dh), 1.0)?;
-        // SAFETY: Apply writes every element of `out`.
-        let mut out = unsafe { dev.alloc::<f32>(bh * nq * dh) }?;
-        apply(&dev, &view(sq, lq)?, &m, &mut out.slice_mut(..), (bh, nq, dh), (self.scale, false))?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), lq.shape().clone()))
+        times_kv((sq, lq), (sk, lk), (sv, lv), (self.scale, false))
     }
 
     fn bwd(
@@ -191,14 +202,7 @@ impl CustomOp3 for GradQ {
         sv: &CudaStorage,
         lv: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = sg.device.clone();
-        let (bh, nq, dh) = heads(lg)?;
-        let (_, nk, _) = heads(lk)?;
-        let m = outer(&dev, &view(sk, lk)?, &view(sv, lv)?, (bh, nk, dh), 1.0)?;
-        // SAFETY: Apply writes every element of `dq`.
-        let mut dq = unsafe { dev.alloc::<f32>(bh * nq * dh) }?;
-        apply(&dev, &view(sg, lg)?, &m, &mut dq.slice_mut(..), (bh, nq, dh), (self.scale, true))?;
-        Ok((CudaStorage::wrap_cuda_slice(dq, dev), lg.shape().clone()))
+        times_kv((sg, lg), (sk, lk), (sv, lv), (self.scale, true))
     }
 }
 

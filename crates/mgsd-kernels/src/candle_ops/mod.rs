@@ -13,13 +13,15 @@ use candle_core::{bail, CudaStorage, Layout, Result};
 
 use crate::launch::{self, Launch};
 
-/// The error of an op's `cpu_fwd`: these ops run on CUDA tensors only.
-fn cuda_only<T>(name: &str, twin: &str) -> Result<T> {
+/// The error of an op's `cpu_fwd`: these ops run on CUDA tensors only. `mgsd-nn`'s cuDNN
+/// ops use it too.
+pub fn cuda_only<T>(name: &str, twin: &str) -> Result<T> {
     bail!("{name}: runs on CUDA tensors only (the CPU twin is {twin})")
 }
 
-/// The contiguous f32 data of an operand as a device view.
-fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
+/// The contiguous f32 data of an operand as a device view (an error for a strided layout).
+/// `mgsd-nn`'s cuDNN ops use it too.
+pub fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
     if !l.is_contiguous() {
         bail!("mgsd-kernels: operands must be contiguous, got a layout of {:?}", l.shape())
     }

@@ -19,9 +19,11 @@ use candle_core::cuda_backend::cudarc::cudnn::safe::{
     TensorDescriptor,
 };
 use candle_core::cuda_backend::cudarc::cudnn::sys;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use mgsd_kernels::candle_ops::view;
 
 use super::ConvGeom;
 
@@ -104,23 +106,20 @@ fn descs(cudnn: &Arc<Cudnn>, g: &ConvGeom) -> Result<Descs> {
     Ok(Descs { conv, x, w, y })
 }
 
-/// The contiguous f32 data of an operand as a device view.
-fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
-    if !l.is_contiguous() {
-        bail!("conv3d (cuDNN): {what} must be contiguous")
-    }
-    let slice: &CudaSlice<f32> = s.as_cuda_slice::<f32>()?;
-    let start = l.start_offset();
-    Ok(slice.slice(start..start + l.shape().elem_count()))
-}
-
 fn workspace(dev: &CudaDevice, bytes: usize) -> Result<Option<CudaSlice<u8>>> {
     // SAFETY: cuDNN only writes the workspace before reading it.
     (bytes > 0).then(|| unsafe { dev.alloc::<u8>(bytes) }).transpose()
 }
 
 fn cuda_only<T>(name: &str) -> Result<T> {
-    bail!("{name}: the cuDNN op runs on CUDA tensors only")
+    mgsd_kernels::candle_ops::cuda_only(name, "mgsd-nn's CPU conv3d")
+}
+
+/// The device of the first operand and the descriptors of `g` on its cuDNN handle.
+fn prepare(s: &CudaStorage, g: &ConvGeom) -> Result<(CudaDevice, Descs)> {
+    let dev = s.device.clone();
+    let d = descs(&handle(&dev)?, g)?;
+    Ok((dev, d))
 }
 
 /// `y = conv(x, w)`; operands `x` `(N, Cin, D, H, W)` and `w` `(Cout, Cin, kd, kh, kw)`.
@@ -155,11 +154,9 @@ impl CustomOp2 for CudnnForward {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.0;
-        let dev = s1.device.clone();
-        let cudnn = handle(&dev)?;
-        let d = descs(&cudnn, g)?;
-        let x = view(s1, l1, "input")?;
-        let w = view(s2, l2, "weight")?;
+        let (dev, d) = prepare(s1, g)?;
+        let x = view(s1, l1)?;
+        let w = view(s2, l2)?;
         let op = ConvForward { conv: &d.conv, x: &d.x, w: &d.w, y: &d.y };
         let algo = op.pick_algorithm()?;
         let mut ws = workspace(&dev, op.get_workspace_size(algo)?)?;
@@ -178,19 +175,7 @@ impl CustomOp2 for CudnnForward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.0;
-        let grad = grad.contiguous()?;
-        let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(w, &CudnnBackwardData(g))?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(grad.apply_op2_no_bwd(x, &CudnnBackwardFilter(g))?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        super::conv_bwd(x, w, grad, &CudnnBackwardData(self.0), &CudnnBackwardFilter(self.0))
     }
 }
 
@@ -217,11 +202,9 @@ impl CustomOp2 for CudnnBackwardData {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.0;
-        let dev = s1.device.clone();
-        let cudnn = handle(&dev)?;
-        let d = descs(&cudnn, g)?;
-        let dy = view(s1, l1, "output gradient")?;
-        let w = view(s2, l2, "weight")?;
+        let (dev, d) = prepare(s1, g)?;
+        let dy = view(s1, l1)?;
+        let w = view(s2, l2)?;
         let op = ConvBackwardData { conv: &d.conv, dx: &d.x, w: &d.w, dy: &d.y };
         let algo = op.pick_algorithm()?;
         let mut ws = workspace(&dev, op.get_workspace_size(algo)?)?;
@@ -258,11 +241,9 @@ impl CustomOp2 for CudnnBackwardFilter {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.0;
-        let dev = s1.device.clone();
-        let cudnn = handle(&dev)?;
-        let d = descs(&cudnn, g)?;
-        let dy = view(s1, l1, "output gradient")?;
-        let x = view(s2, l2, "input")?;
+        let (dev, d) = prepare(s1, g)?;
+        let dy = view(s1, l1)?;
+        let x = view(s2, l2)?;
         let op = ConvBackwardFilter { conv: &d.conv, x: &d.x, dw: &d.w, dy: &d.y };
         let algo = op.pick_algorithm()?;
         let mut ws = workspace(&dev, op.get_workspace_size(algo)?)?;
