@@ -1,7 +1,7 @@
 """Times mgsd-nn's layer ops against PyTorch on the CPU, both on the same thread count, in one
 run, and prints the ratio ours / PyTorch (< 1 means we are faster).
 
-    python bench/layers_vs_pytorch.py [--threads 2] [--reps 10] [--workspace .]
+    python bench/layers_vs_pytorch.py [--threads 2] [--reps 10] [--workspace .] [--only conv_,gn]
 
 Ours: `cargo run --release -p mgsd-nn --example layers_bench` (RAYON_NUM_THREADS=threads).
 PyTorch: the same cases, forward and forward + backward of sum(y * r), median of `reps` runs.
@@ -28,7 +28,12 @@ def timed(reps, f):
     return statistics.median(t)
 
 
+ONLY = []  # substrings of the case names to run (--only); empty: all
+
+
 def case(name, reps, inputs, op, out):
+    if ONLY and not any(o in name for o in ONLY):
+        return
     y = op(*inputs)
     r = torch.rand_like(y) * 2 - 1
 
@@ -70,6 +75,22 @@ def pytorch(reps):
     case("adaptive_pool_2x2x2", reps, [x], lambda x: F.adaptive_avg_pool3d(x, (2, 2, 2)), out)
     case("adaptive_pool_1x1xW", reps, [x], lambda x: F.adaptive_avg_pool3d(x, (1, 1, 64)), out)
     case("leaky_relu", reps, [x], lambda x: F.leaky_relu(x, 0.2), out)
+    # The convolutions of one MGSD step (c = 16, 64x64x32 patch, batch 2), as layers_bench.rs.
+    convs = [
+        ("conv_k3_4to16_64x64x32", 4, 16, 3, 1, 1, (64, 64, 32)),
+        ("conv_k3_16to16_64x64x32", 16, 16, 3, 1, 1, (64, 64, 32)),
+        ("conv_k3s2_16to32_64x64x32", 16, 32, 3, 2, 1, (64, 64, 32)),
+        ("conv_k3_32to32_32x32x16", 32, 32, 3, 1, 1, (32, 32, 16)),
+        ("conv_k3_64to64_16x16x8", 64, 64, 3, 1, 1, (16, 16, 8)),
+        ("conv_k3_128to128_8x8x4", 128, 128, 3, 1, 1, (8, 8, 4)),
+        ("conv_k1_16to3_64x64x32", 16, 3, 1, 1, 0, (64, 64, 32)),
+        ("conv_k4s2_3to64_64x64x32", 3, 64, 4, 2, 1, (64, 64, 32)),
+        ("conv_k4s2_64to128_32x32x16", 64, 128, 4, 2, 1, (32, 32, 16)),
+        ("conv_k4s2_128to256_16x16x8", 128, 256, 4, 2, 1, (16, 16, 8)),
+    ]
+    for name, cin, cout, k, stride, padding, dhw in convs:
+        conv = lambda x, w, b, s=stride, p=padding: F.conv3d(x, w, b, stride=s, padding=p)
+        case(name, reps, [rnd(2, cin, *dhw), rnd(cout, cin, k, k, k), rnd(cout)], conv, out)
     q, k, v = rnd(1, 16, 7680, 32), rnd(1, 16, 120, 32), rnd(1, 16, 120, 32)
     s = 32**-0.5
     case("attention_nosoftmax", reps, [q, k, v], lambda q, k, v: attention(q, k, v, s, False), out)
@@ -77,9 +98,9 @@ def pytorch(reps):
     return out
 
 
-def ours(workspace, threads, reps):
+def ours(workspace, threads, reps, only):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    cmd = ["cargo", "run", "--quiet", "--release", "-p", "mgsd-nn", "--example", "layers_bench", "--", str(reps)]
+    cmd = ["cargo", "run", "--quiet", "--release", "-p", "mgsd-nn", "--example", "layers_bench", "--", str(reps), only]
     text = subprocess.run(cmd, cwd=workspace, env=env, check=True, capture_output=True, text=True).stdout
     return {k: float(v) for k, v in (line.split("\t") for line in text.splitlines() if "\t" in line)}
 
@@ -89,9 +110,11 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--workspace", default=str(Path(__file__).resolve().parents[1]))
+    p.add_argument("--only", default="", help="comma-separated substrings of the case names to run")
     a = p.parse_args()
+    ONLY.extend(o for o in a.only.split(",") if o)
     torch.set_num_threads(a.threads)
-    mine = ours(a.workspace, a.threads, a.reps)
+    mine = ours(a.workspace, a.threads, a.reps, a.only)
     theirs = pytorch(a.reps)
     print(f"torch {torch.__version__}, {a.threads} threads, median of {a.reps}")
     print(f"{'case':32} {'mgsd-nn ms':>11} {'pytorch ms':>11} {'ratio':>7}")

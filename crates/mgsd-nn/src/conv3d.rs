@@ -16,6 +16,8 @@ pub use avx512::cpu_kernels;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cudnn;
+#[cfg(target_arch = "x86_64")]
+mod direct;
 #[cfg(feature = "cuda")]
 pub use cudnn::set_cudnn_tf32;
 mod strided_rows;

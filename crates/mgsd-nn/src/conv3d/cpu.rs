@@ -691,6 +691,11 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], residual: Option<&[f3
         pointwise_gemm(g.n, so, g.cout, g.cin, &mut out, read_dst, (wb, kc, 1), x);
         return out;
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::direct::applies(g) {
+        super::direct::forward(g, x, wb, &mut out);
+        return out;
+    }
     let outp = SharedMut(out.as_mut_ptr());
     if use_rows(g) {
         forward_rows(g, x, wb, &mut out);
@@ -733,6 +738,10 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], residual: Option<&[f3
 
 /// Gradient of the `(Cout, kcols)` weight matrix (bias column included when present).
 pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::direct::applies_weight_grad(g) {
+        return super::direct::backward_weight(g, x, dy);
+    }
     if use_rows(g) {
         return backward_weight_rows(g, x, dy);
     }

@@ -238,6 +238,44 @@ fn row_kernels_match_reference_on_both_paths() -> Result<()> {
     Ok(())
 }
 
+/// Cases for the channel-vectorised direct kernels (`direct.rs`, output channels in blocks of
+/// 16): one, two, three and four blocks; W from 1 to 25 (one to three output chunks); the
+/// D/H padding skipped at every border; strides along each axis; W kernels of 1, 3 and 4;
+/// input gradients through the forward kernel (input channels in blocks of 16 too).
+fn direct_kernel_cases() -> Vec<Case> {
+    let k3 = Conv3dConfig::cube(3).padding(1);
+    let mut aniso = k3;
+    aniso.kernel = [3, 3, 1];
+    aniso.padding = [1, 1, 0];
+    let mut strided_dh = k3;
+    strided_dh.stride = [2, 2, 1];
+    vec![
+        Case { residual: true, ..case(2, 20, 32, [5, 6, 4], k3) },
+        case(1, 8, 64, [4, 5, 13], k3),
+        case(1, 3, 48, [8, 10, 6], Conv3dConfig::cube(4).stride(2).padding(1)),
+        case(1, 6, 16, [5, 3, 25], k3.bias(false)),
+        case(1, 5, 16, [3, 4, 1], k3),
+        case(2, 7, 32, [7, 9, 11], k3.stride(2)),
+        case(1, 4, 16, [5, 5, 5], Conv3dConfig::cube(3)),
+        case(1, 5, 16, [6, 7, 8], Conv3dConfig::cube(3).padding(2)),
+        case(1, 4, 16, [4, 5, 6], aniso),
+        case(1, 3, 16, [7, 6, 5], strided_dh),
+        Case { residual: true, ..case(1, 32, 16, [4, 6, 5], k3) },
+        case(1, 16, 80, [3, 4, 7], k3),
+    ]
+}
+
+#[test]
+fn direct_kernels_match_reference_on_both_paths() -> Result<()> {
+    for portable in [false, true] {
+        super::avx512::FORCE_PORTABLE.with(|f| f.set(portable));
+        let result = direct_kernel_cases().into_iter().try_for_each(check);
+        super::avx512::FORCE_PORTABLE.with(|f| f.set(false));
+        result?;
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_shapes_are_errors_naming_them() -> Result<()> {
     let dev = Device::Cpu;

@@ -1,0 +1,470 @@
+//! AVX-512 direct convolution vectorised over *output channels*, for convolutions whose output
+//! channels come in blocks of 16 (every U-Net convolution but the last, the discriminator, and
+//! the input gradients of the unit-stride ones).
+//!
+//! The row kernels of [`super::avx512`] vectorise over output positions along W. On the deep
+//! stages that wastes most of the work: rows are padded to `W + 2` (half again at W = 4) and the
+//! zero rows of the D/H padding are multiplied too (30% of the taps at 8×8×4). Here:
+//!
+//! - **forward**: a register tile of `CB` blocks of 16 output channels × `NC` consecutive
+//!   outputs of one output row. For every input channel and every tap `(kd, kh)` that lands
+//!   inside the input (the D/H padding is skipped exactly) the 16-channel weight vectors are
+//!   loaded and each input value is broadcast. The input is read from a copy whose rows carry
+//!   the W padding as zeros, so every W tap is a plain offset.
+//! - **weight gradient**: a register tile of `CB` blocks of 16 output channels × `NCI` input
+//!   channels × the `KW` W taps of one `(kd, kh)`, reduced over the output positions of a
+//!   block of output rows. `dY` is transposed per block to position-major order so that the 16
+//!   channels of one position are one load; each worker owns one accumulator in that
+//!   (channel-last) order, transposed back at the end.
+//!
+//! x86-64 only. [`applies`] / [`applies_weight_grad`] say when `cpu.rs` takes this path. Tests compare it
+//! with the slow reference and with the portable path (`conv3d/tests.rs`).
+
+use std::borrow::Cow;
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use std::arch::x86_64::{
+    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+};
+
+use super::cpu::{sum_partials, SharedMut};
+use super::{avx512, ConvGeom};
+use crate::cpu_f32;
+
+/// Output channels per vector.
+const LANES: usize = 16;
+/// Most outputs per forward tile (with two channel blocks: 24 accumulators of 32 registers).
+const MAX_NC: usize = 12;
+/// Floats of transposed `dY` per weight-gradient block (128 KiB: it stays in L2 while every
+/// `(input channels, kd, kh)` tile of the block reads it).
+const DY_BLOCK_FLOATS: usize = 32 * 1024;
+
+/// Whether the forward kernel takes this convolution: AVX-512F, output channels in blocks of
+/// 16, no dilation, stride 1 or 2 along W, not a plain 1×1×1 product.
+pub(super) fn applies(g: &ConvGeom) -> bool {
+    avx512::available()
+        && g.cout.is_multiple_of(LANES)
+        && g.dilation == [1; 3]
+        && g.stride[2] <= 2
+        && !g.is_pointwise()
+}
+
+/// Whether the weight-gradient kernel takes it: as [`applies`], with 3 or 4 W taps.
+pub(super) fn applies_weight_grad(g: &ConvGeom) -> bool {
+    applies(g) && matches!(g.kernel[2], 3 | 4)
+}
+
+/// The input with `pw` zeros at both ends of every W row, `(N, Cin, D, H, W + 2·pw)` (the input
+/// itself when `pw = 0`): every W tap of every output then reads inside its own row.
+fn pad_w<'a>(g: &ConvGeom, x: &'a [f32]) -> Cow<'a, [f32]> {
+    let [d, h, w] = g.input;
+    let pw = g.padding[2];
+    if pw == 0 {
+        return Cow::Borrowed(x);
+    }
+    let wp = w + 2 * pw;
+    let zero = MaybeUninit::new(0.0);
+    Cow::Owned(cpu_f32::par_init(g.n * g.cin * d * h * wp, h * wp, |plane, dst| {
+        let src = &x[plane * h * w..(plane + 1) * h * w];
+        for (row, s) in dst.chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
+            row[..pw].fill(zero);
+            row[pw..pw + w].iter_mut().zip(s).for_each(|(d, v)| {
+                d.write(*v);
+            });
+            row[pw + w..].fill(zero);
+        }
+    }))
+}
+
+/// Valid taps `k_lo..k_hi` of one axis for output index `o`: those reading inside `0..len`.
+fn tap_range(o: usize, stride: usize, pad: usize, k: usize, len: usize) -> (usize, usize) {
+    let start = (o * stride) as isize - pad as isize;
+    let lo = (-start).clamp(0, k as isize) as usize;
+    let hi = (len as isize - start).clamp(lo as isize, k as isize) as usize;
+    (lo, hi)
+}
+
+/// Splits `len` outputs into chunks of at most `max` of near-equal size: `(start, size)`.
+fn chunks(len: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n = len.div_ceil(max).max(1);
+    (0..n).map(move |i| (i * len / n, (i + 1) * len / n - i * len / n))
+}
+
+/// Groups of channel blocks `(first block, blocks)` with at most `most` blocks each (1, 2 or
+/// 4, as the kernels are instantiated).
+fn block_groups(blocks: usize, most: usize) -> Vec<(usize, usize)> {
+    let mut groups = Vec::new();
+    let mut b = 0;
+    while b < blocks {
+        let take = [4, 2, 1].into_iter().find(|&c| c <= most && c <= blocks - b).unwrap_or(1);
+        groups.push((b, take));
+        b += take;
+    }
+    groups
+}
+
+/// The `(Cout, kcols)` weight matrix repacked as `[co block][ci][kd][kh][kw][16]`.
+fn pack_weight(g: &ConvGeom, wb: &[f32]) -> Vec<f32> {
+    let kvol: usize = g.kernel.iter().product();
+    let kc = g.kcols();
+    let per_block = g.cin * kvol * LANES;
+    cpu_f32::par_init(g.cout * g.cin * kvol, per_block, |b, dst| {
+        for (i, d) in dst.iter_mut().enumerate() {
+            let (col, lane) = (i / LANES, i % LANES);
+            d.write(wb[(b * LANES + lane) * kc + col]);
+        }
+    })
+}
+
+/// Loop strides of a forward tile, in floats.
+#[derive(Clone, Copy)]
+struct FwdStrides {
+    /// Next input channel in the padded input: `D·H·Wp`.
+    ci_x: usize,
+    /// Next input plane: `H·Wp`.
+    kd_x: usize,
+    /// Next input row: `Wp`.
+    kh_x: usize,
+    /// Next 16-channel block of the packed weight: `Cin·kvol·16`.
+    cb_w: usize,
+    /// Next input channel in the packed weight: `kvol·16`.
+    ci_w: usize,
+    /// Next `kd` in the packed weight: `KH·KW·16`.
+    kd_w: usize,
+    /// Next `kh` in the packed weight: `KW·16`.
+    kh_w: usize,
+    /// W taps.
+    kw: usize,
+}
+
+/// One forward tile: `out[c·NC + j][l] = Σ W[(cb0 + c)·16 + l, ci, kd, kh, kw] ·
+/// x[ci, id0 + a, ih0 + b, (ow0 + j)·SW + kw]` over `ci < cin`, `a < nkd`, `b < nkh`, all `kw`.
+///
+/// # Safety
+/// AVX-512F must be available; `x` points at `(ci 0, id0, ih0, ow0·SW)` of the padded input and
+/// `w` at `(block cb0, ci 0, kd_lo, kh_lo, kw 0)` of the packed weight, with every read of the
+/// loops in bounds; `out` holds `CB·NC` vectors.
+#[target_feature(enable = "avx512f")]
+unsafe fn fwd_tile<const CB: usize, const NC: usize, const SW: usize>(
+    x: *const f32,
+    w: *const f32,
+    cin: usize,
+    (nkd, nkh): (usize, usize),
+    s: &FwdStrides,
+    out: &mut [[f32; LANES]],
+) {
+    let mut acc = [[_mm512_setzero_ps(); NC]; CB];
+    for ci in 0..cin {
+        for a in 0..nkd {
+            for b in 0..nkh {
+                // SAFETY (all reads below): in bounds by the function's contract.
+                let xr = unsafe { x.add(ci * s.ci_x + a * s.kd_x + b * s.kh_x) };
+                let wr = unsafe { w.add(ci * s.ci_w + a * s.kd_w + b * s.kh_w) };
+                for kw in 0..s.kw {
+                    let mut wv = [_mm512_setzero_ps(); CB];
+                    for (c, v) in wv.iter_mut().enumerate() {
+                        *v = unsafe { _mm512_loadu_ps(wr.add(c * s.cb_w + kw * LANES)) };
+                    }
+                    for j in 0..NC {
+                        let xv = _mm512_set1_ps(unsafe { *xr.add(j * SW + kw) });
+                        for (a, v) in acc.iter_mut().zip(&wv) {
+                            a[j] = _mm512_fmadd_ps(*v, xv, a[j]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (c, a) in acc.iter().enumerate() {
+        for (j, v) in a.iter().enumerate() {
+            // SAFETY: out holds CB·NC vectors.
+            unsafe { _mm512_storeu_ps(out[c * NC + j].as_mut_ptr(), *v) };
+        }
+    }
+}
+
+type FwdTile =
+    unsafe fn(*const f32, *const f32, usize, (usize, usize), &FwdStrides, &mut [[f32; LANES]]);
+
+/// The forward tile for `cb` channel blocks (1, 2 or 4), `nc` outputs (≤ 12, ≤ 6 with 4
+/// blocks) and W stride `sw` (1 or 2).
+fn fwd_tile_for(cb: usize, nc: usize, sw: usize) -> FwdTile {
+    macro_rules! by_nc {
+        ($cb:literal, $sw:literal, $($nc:literal)*) => {
+            match nc {
+                $($nc => fwd_tile::<$cb, $nc, $sw> as FwdTile,)*
+                _ => unreachable!("forward tile of {nc} outputs"),
+            }
+        };
+    }
+    match (cb, sw) {
+        (1, 1) => by_nc!(1, 1, 1 2 3 4 5 6 7 8 9 10 11 12),
+        (1, _) => by_nc!(1, 2, 1 2 3 4 5 6 7 8 9 10 11 12),
+        (2, 1) => by_nc!(2, 1, 1 2 3 4 5 6 7 8 9 10 11 12),
+        (2, _) => by_nc!(2, 2, 1 2 3 4 5 6 7 8 9 10 11 12),
+        (_, 1) => by_nc!(4, 1, 1 2 3 4 5 6),
+        (_, _) => by_nc!(4, 2, 1 2 3 4 5 6),
+    }
+}
+
+/// Forward: adds `conv(x, W)` into `out` `(N, Cout, Do, Ho, Wo)`, which already holds the bias
+/// and residual.
+pub(super) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
+    let xp = pad_w(g, x);
+    let packed = pack_weight(g, wb);
+    let [d, h, w] = g.input;
+    let [kd_n, kh_n, kw_n] = g.kernel;
+    let [od_n, oh_n, ow_n] = g.output;
+    let wp = w + 2 * g.padding[2];
+    let kvol = kd_n * kh_n * kw_n;
+    let s = FwdStrides {
+        ci_x: d * h * wp,
+        kd_x: h * wp,
+        kh_x: wp,
+        cb_w: g.cin * kvol * LANES,
+        ci_w: kvol * LANES,
+        kd_w: kh_n * kw_n * LANES,
+        kh_w: kw_n * LANES,
+        kw: kw_n,
+    };
+    let groups = block_groups(g.cout / LANES, 4);
+    let rows = od_n * oh_n;
+    let outp = SharedMut(out.as_mut_ptr());
+    (0..g.n * groups.len() * rows).into_par_iter().for_each(|item| {
+        let (n, rest) = (item / (groups.len() * rows), item % (groups.len() * rows));
+        let ((b0, cb), row) = (groups[rest / rows], rest % rows);
+        let (od, oh) = (row / oh_n, row % oh_n);
+        let (d_lo, d_hi) = tap_range(od, g.stride[0], g.padding[0], kd_n, d);
+        let (h_lo, h_hi) = tap_range(oh, g.stride[1], g.padding[1], kh_n, h);
+        if d_lo == d_hi || h_lo == h_hi {
+            return; // only padding under this row: bias and residual stay
+        }
+        let (id0, ih0) =
+            (od * g.stride[0] + d_lo - g.padding[0], oh * g.stride[1] + h_lo - g.padding[1]);
+        let x_row = ((n * g.cin * d + id0) * h + ih0) * wp;
+        let w_at = (b0 * g.cin * kvol + (d_lo * kh_n + h_lo) * kw_n) * LANES;
+        let mut tile = [[0f32; LANES]; 4 * MAX_NC];
+        let max_nc = if cb == 4 { MAX_NC / 2 } else { MAX_NC };
+        for (ow0, nc) in chunks(ow_n, max_nc) {
+            let kernel = fwd_tile_for(cb, nc, g.stride[2]);
+            // SAFETY: AVX-512F was checked by `applies`; the tile reads input channels
+            // 0..cin, planes id0..id0+(d_hi−d_lo) < D, rows ih0.. < H and padded columns up
+            // to (ow0+nc−1)·sw + kw − 1 < Wp of sample n, and the weight block group b0..b0+cb.
+            unsafe {
+                kernel(
+                    xp.as_ptr().add(x_row + ow0 * g.stride[2]),
+                    packed.as_ptr().add(w_at),
+                    g.cin,
+                    (d_hi - d_lo, h_hi - h_lo),
+                    &s,
+                    &mut tile,
+                )
+            };
+            for c in 0..cb {
+                for lane in 0..LANES {
+                    let co = (b0 + c) * LANES + lane;
+                    let at = (((n * g.cout + co) * od_n + od) * oh_n + oh) * ow_n + ow0;
+                    for (j, v) in tile[c * nc..(c + 1) * nc].iter().enumerate() {
+                        // SAFETY: output row (n, co, od, oh) belongs to this item only.
+                        unsafe { *outp.get().add(at + j) += v[lane] };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One weight-gradient tile: for each row `(dy offset, x offset)` and each output `ow < wo`,
+/// `acc[ci0 + i, kd, kh, kw][(cb0 + c)·16 + l] += dY[pos, (cb0 + c)·16 + l] ·
+/// x[ci0 + i, id, ih, ow·SW + kw]`, with the accumulator read from and written back to `acc`.
+///
+/// # Safety
+/// AVX-512F must be available; `dyt` is the transposed block (position stride `cout`) shifted
+/// to channel block cb0, `x` the padded input; every row's reads must be in bounds; `acc`
+/// points at `(ci0, kd, kh, kw 0, channel cb0·16)` of a channel-last accumulator with stride
+/// `acc_ci` per input channel and `cout` per W tap.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn wgrad_tile<const CB: usize, const NCI: usize, const KW: usize, const SW: usize>(
+    rows: &[(usize, usize)],
+    dyt: *const f32,
+    x: *const f32,
+    wo: usize,
+    cout: usize,
+    ci_x: usize,
+    acc_ptr: *mut f32,
+    acc_ci: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 12]; CB];
+    for (c, a) in acc.iter_mut().enumerate() {
+        for i in 0..NCI {
+            for kw in 0..KW {
+                // SAFETY: in bounds by the function's contract.
+                a[i * KW + kw] =
+                    unsafe { _mm512_loadu_ps(acc_ptr.add(i * acc_ci + kw * cout + c * LANES)) };
+            }
+        }
+    }
+    for &(dy_off, x_off) in rows {
+        // SAFETY (all reads below): in bounds by the function's contract.
+        let (dyr, xr) = unsafe { (dyt.add(dy_off), x.add(x_off)) };
+        for ow in 0..wo {
+            let mut dv = [_mm512_setzero_ps(); CB];
+            for (c, v) in dv.iter_mut().enumerate() {
+                *v = unsafe { _mm512_loadu_ps(dyr.add(ow * cout + c * LANES)) };
+            }
+            let xo = unsafe { xr.add(ow * SW) };
+            for i in 0..NCI {
+                for kw in 0..KW {
+                    let xv = _mm512_set1_ps(unsafe { *xo.add(i * ci_x + kw) });
+                    for (a, v) in acc.iter_mut().zip(&dv) {
+                        a[i * KW + kw] = _mm512_fmadd_ps(*v, xv, a[i * KW + kw]);
+                    }
+                }
+            }
+        }
+    }
+    for (c, a) in acc.iter().enumerate() {
+        for i in 0..NCI {
+            for kw in 0..KW {
+                // SAFETY: as the loads above.
+                unsafe {
+                    _mm512_storeu_ps(
+                        acc_ptr.add(i * acc_ci + kw * cout + c * LANES),
+                        a[i * KW + kw],
+                    )
+                };
+            }
+        }
+    }
+}
+
+type WgradTile =
+    unsafe fn(&[(usize, usize)], *const f32, *const f32, usize, usize, usize, *mut f32, usize);
+
+/// The weight-gradient tile for `cb` channel blocks (1 or 2), `nci` input channels (≤ 12 / `kw`),
+/// `kw` W taps (3 or 4) and W stride `sw` (1 or 2).
+fn wgrad_tile_for(cb: usize, nci: usize, kw: usize, sw: usize) -> WgradTile {
+    macro_rules! by_nci {
+        ($cb:literal, $kw:literal, $sw:literal, $($nci:literal)*) => {
+            match nci {
+                $($nci => wgrad_tile::<$cb, $nci, $kw, $sw> as WgradTile,)*
+                _ => unreachable!("weight-gradient tile of {nci} input channels"),
+            }
+        };
+    }
+    match (cb, kw, sw) {
+        (1, 3, 1) => by_nci!(1, 3, 1, 1 2 3 4),
+        (1, 3, _) => by_nci!(1, 3, 2, 1 2 3 4),
+        (1, _, 1) => by_nci!(1, 4, 1, 1 2 3),
+        (1, _, _) => by_nci!(1, 4, 2, 1 2 3),
+        (_, 3, 1) => by_nci!(2, 3, 1, 1 2 3 4),
+        (_, 3, _) => by_nci!(2, 3, 2, 1 2 3 4),
+        (_, _, 1) => by_nci!(2, 4, 1, 1 2 3),
+        (_, _, _) => by_nci!(2, 4, 2, 1 2 3),
+    }
+}
+
+/// Gradient of the `(Cout, kcols)` weight matrix (bias column included when present).
+pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let xp = pad_w(g, x);
+    let [d, h, w] = g.input;
+    let [kd_n, kh_n, kw_n] = g.kernel;
+    let [od_n, oh_n, ow_n] = g.output;
+    let wp = w + 2 * g.padding[2];
+    let kvol = kd_n * kh_n * kw_n;
+    let so = g.out_spatial();
+    // Blocks of output rows inside one (n, od) plane.
+    let rows_per_block = (DY_BLOCK_FLOATS / (ow_n * g.cout)).clamp(1, oh_n);
+    let per_plane = oh_n.div_ceil(rows_per_block);
+    let blocks = g.n * od_n * per_plane;
+    let nci_max = 12 / kw_n;
+    let groups = block_groups(g.cout / LANES, 2);
+    let acc_len = g.cin * kvol * g.cout;
+    let chunks = (rayon::current_num_threads() * 2).min(blocks).max(1);
+    let partial: Vec<Vec<f32>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            // Channel-last accumulator [ci][kd][kh][kw][co], then the bias sums.
+            let mut acc = vec![0f32; acc_len + g.cout];
+            let mut dyt = vec![0f32; rows_per_block * ow_n * g.cout];
+            let mut rows = Vec::with_capacity(rows_per_block);
+            for blk in (c * blocks / chunks)..((c + 1) * blocks / chunks) {
+                let (plane, part) = (blk / per_plane, blk % per_plane);
+                let (n, od) = (plane / od_n, plane % od_n);
+                let oh0 = part * rows_per_block;
+                let nr = rows_per_block.min(oh_n - oh0);
+                // dY rows (n, ·, od, oh0..oh0+nr) to position-major order; bias sums.
+                let npos = nr * ow_n;
+                for co in 0..g.cout {
+                    let src = &dy[(n * g.cout + co) * so + (od * oh_n + oh0) * ow_n..][..npos];
+                    let mut sum = 0f32;
+                    for (p, v) in src.iter().enumerate() {
+                        dyt[p * g.cout + co] = *v;
+                        sum += v;
+                    }
+                    acc[acc_len + co] += sum;
+                }
+                let id_of = |kd: usize| {
+                    let i = (od * g.stride[0] + kd) as isize - g.padding[0] as isize;
+                    (0..d as isize).contains(&i).then_some(i as usize)
+                };
+                for kd in 0..kd_n {
+                    let Some(id) = id_of(kd) else { continue };
+                    for kh in 0..kh_n {
+                        rows.clear();
+                        for r in 0..nr {
+                            let ih =
+                                ((oh0 + r) * g.stride[1] + kh) as isize - g.padding[1] as isize;
+                            if (0..h as isize).contains(&ih) {
+                                let x_off = ((n * g.cin * d + id) * h + ih as usize) * wp;
+                                rows.push((r * ow_n * g.cout, x_off));
+                            }
+                        }
+                        if rows.is_empty() {
+                            continue;
+                        }
+                        for &(b0, cb) in &groups {
+                            let mut ci0 = 0;
+                            while ci0 < g.cin {
+                                let nci = nci_max.min(g.cin - ci0);
+                                let kernel = wgrad_tile_for(cb, nci, kw_n, g.stride[2]);
+                                let at =
+                                    ((ci0 * kd_n + kd) * kh_n + kh) * kw_n * g.cout + b0 * LANES;
+                                // SAFETY: AVX-512F was checked by `applies`; each row reads dyt
+                                // positions r·Wo.. of channels b0·16..(b0+cb)·16 and padded
+                                // input columns up to (Wo−1)·sw + kw − 1 < Wp of channels
+                                // ci0..ci0+nci at a valid (id, ih); acc covers all of it.
+                                unsafe {
+                                    kernel(
+                                        &rows,
+                                        dyt.as_ptr().add(b0 * LANES),
+                                        xp.as_ptr().add(ci0 * d * h * wp),
+                                        ow_n,
+                                        g.cout,
+                                        d * h * wp,
+                                        acc.as_mut_ptr().add(at),
+                                        kvol * g.cout,
+                                    )
+                                };
+                                ci0 += nci;
+                            }
+                        }
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    let acc = sum_partials(partial, acc_len + g.cout);
+    // Back to the (Cout, kcols) matrix: column ci·kvol + tap, then the bias.
+    let kc = g.kcols();
+    let k = g.k_rows();
+    cpu_f32::par_init(g.cout * kc, kc, |co, dst| {
+        for (col, d) in dst.iter_mut().enumerate() {
+            d.write(if col < k { acc[col * g.cout + co] } else { acc[acc_len + co] });
+        }
+    })
+}
