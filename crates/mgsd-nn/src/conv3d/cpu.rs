@@ -940,6 +940,10 @@ pub(crate) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
             return dx;
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::direct::applies_input_grad(g) {
+        return super::direct::backward_input(g, dy, wb);
+    }
     if transposed_rows::applies(g) {
         return transposed_rows::backward_input(g, dy, wb);
     }

@@ -37,6 +37,12 @@ use crate::cpu_f32;
 const LANES: usize = 16;
 /// Most outputs per forward tile (with two channel blocks: 24 accumulators of 32 registers).
 const MAX_NC: usize = 12;
+/// Bytes of packed weight per pass of the forward tiles over a band of rows: the reduction
+/// over input channels is split so that this slice stays in L2 while every tile of the band
+/// reads it (a 64 → 128 discriminator layer's weight is 2 MiB).
+const WEIGHT_SLICE_BYTES: usize = 128 * 1024;
+/// Output rows per forward work item (the tiles of a band share each weight slice).
+const BAND_ROWS: usize = 8;
 /// Floats of transposed `dY` per weight-gradient block (128 KiB: it stays in L2 while every
 /// `(input channels, kd, kh)` tile of the block reads it).
 const DY_BLOCK_FLOATS: usize = 32 * 1024;
@@ -61,26 +67,36 @@ pub(super) fn applies_weight_grad(g: &ConvGeom) -> bool {
 fn pad_w<'a>(g: &ConvGeom, x: &'a [f32]) -> Cow<'a, [f32]> {
     let [d, h, w] = g.input;
     let pw = g.padding[2];
-    if pw == 0 {
+    pad_rows(x, g.n * g.cin * d, h, w, (pw, pw))
+}
+
+/// `planes` planes of `h` rows of `w` values, every row extended by `left` and `right` zeros.
+fn pad_rows(
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+    (left, right): (usize, usize),
+) -> Cow<'_, [f32]> {
+    if left == 0 && right == 0 {
         return Cow::Borrowed(x);
     }
-    let wp = w + 2 * pw;
+    let wp = left + w + right;
     let zero = MaybeUninit::new(0.0);
-    Cow::Owned(cpu_f32::par_init(g.n * g.cin * d * h * wp, h * wp, |plane, dst| {
+    Cow::Owned(cpu_f32::par_init(planes * h * wp, h * wp, |plane, dst| {
         let src = &x[plane * h * w..(plane + 1) * h * w];
         for (row, s) in dst.chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
-            row[..pw].fill(zero);
-            row[pw..pw + w].iter_mut().zip(s).for_each(|(d, v)| {
+            row[..left].fill(zero);
+            row[left..left + w].iter_mut().zip(s).for_each(|(d, v)| {
                 d.write(*v);
             });
-            row[pw + w..].fill(zero);
+            row[left + w..].fill(zero);
         }
     }))
 }
 
-/// Valid taps `k_lo..k_hi` of one axis for output index `o`: those reading inside `0..len`.
-fn tap_range(o: usize, stride: usize, pad: usize, k: usize, len: usize) -> (usize, usize) {
-    let start = (o * stride) as isize - pad as isize;
+/// Valid taps `k_lo..k_hi` of one axis whose reads `start + k` fall inside `0..len`.
+fn tap_range(start: isize, k: usize, len: usize) -> (usize, usize) {
     let lo = (-start).clamp(0, k as isize) as usize;
     let hi = (len as isize - start).clamp(lo as isize, k as isize) as usize;
     (lo, hi)
@@ -139,7 +155,7 @@ struct FwdStrides {
     kw: usize,
 }
 
-/// One forward tile: `out[c·NC + j][l] = Σ W[(cb0 + c)·16 + l, ci, kd, kh, kw] ·
+/// One forward tile: `out[c·NC + j][l] += Σ W[(cb0 + c)·16 + l, ci, kd, kh, kw] ·
 /// x[ci, id0 + a, ih0 + b, (ow0 + j)·SW + kw]` over `ci < cin`, `a < nkd`, `b < nkh`, all `kw`.
 ///
 /// # Safety
@@ -156,6 +172,12 @@ unsafe fn fwd_tile<const CB: usize, const NC: usize, const SW: usize>(
     out: &mut [[f32; LANES]],
 ) {
     let mut acc = [[_mm512_setzero_ps(); NC]; CB];
+    for (c, a) in acc.iter_mut().enumerate() {
+        for (j, v) in a.iter_mut().enumerate() {
+            // SAFETY: out holds CB·NC vectors.
+            *v = unsafe { _mm512_loadu_ps(out[c * NC + j].as_ptr()) };
+        }
+    }
     for ci in 0..cin {
         for a in 0..nkd {
             for b in 0..nkh {
@@ -209,71 +231,263 @@ fn fwd_tile_for(cb: usize, nc: usize, sw: usize) -> FwdTile {
     }
 }
 
-/// Forward: adds `conv(x, W)` into `out` `(N, Cout, Do, Ho, Wo)`, which already holds the bias
-/// and residual.
-pub(super) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
-    let xp = pad_w(g, x);
-    let packed = pack_weight(g, wb);
-    let [d, h, w] = g.input;
-    let [kd_n, kh_n, kw_n] = g.kernel;
-    let [od_n, oh_n, ow_n] = g.output;
-    let wp = w + 2 * g.padding[2];
-    let kvol = kd_n * kh_n * kw_n;
-    let s = FwdStrides {
-        ci_x: d * h * wp,
-        kd_x: h * wp,
-        kh_x: wp,
-        cb_w: g.cin * kvol * LANES,
-        ci_w: kvol * LANES,
-        kd_w: kh_n * kw_n * LANES,
-        kh_w: kw_n * LANES,
-        kw: kw_n,
-    };
-    let groups = block_groups(g.cout / LANES, 4);
-    let rows = od_n * oh_n;
-    let outp = SharedMut(out.as_mut_ptr());
-    (0..g.n * groups.len() * rows).into_par_iter().for_each(|item| {
-        let (n, rest) = (item / (groups.len() * rows), item % (groups.len() * rows));
-        let ((b0, cb), row) = (groups[rest / rows], rest % rows);
-        let (od, oh) = (row / oh_n, row % oh_n);
-        let (d_lo, d_hi) = tap_range(od, g.stride[0], g.padding[0], kd_n, d);
-        let (h_lo, h_hi) = tap_range(oh, g.stride[1], g.padding[1], kh_n, h);
-        if d_lo == d_hi || h_lo == h_hi {
-            return; // only padding under this row: bias and residual stay
-        }
-        let (id0, ih0) =
-            (od * g.stride[0] + d_lo - g.padding[0], oh * g.stride[1] + h_lo - g.padding[1]);
-        let x_row = ((n * g.cin * d + id0) * h + ih0) * wp;
-        let w_at = (b0 * g.cin * kvol + (d_lo * kh_n + h_lo) * kw_n) * LANES;
-        let mut tile = [[0f32; LANES]; 4 * MAX_NC];
-        let max_nc = if cb == 4 { MAX_NC / 2 } else { MAX_NC };
-        for (ow0, nc) in chunks(ow_n, max_nc) {
-            let kernel = fwd_tile_for(cb, nc, g.stride[2]);
-            // SAFETY: AVX-512F was checked by `applies`; the tile reads input channels
-            // 0..cin, planes id0..id0+(d_hi−d_lo) < D, rows ih0.. < H and padded columns up
-            // to (ow0+nc−1)·sw + kw − 1 < Wp of sample n, and the weight block group b0..b0+cb.
-            unsafe {
-                kernel(
-                    xp.as_ptr().add(x_row + ow0 * g.stride[2]),
-                    packed.as_ptr().add(w_at),
-                    g.cin,
-                    (d_hi - d_lo, h_hi - h_lo),
-                    &s,
-                    &mut tile,
-                )
-            };
-            for c in 0..cb {
-                for lane in 0..LANES {
-                    let co = (b0 + c) * LANES + lane;
-                    let at = (((n * g.cout + co) * od_n + od) * oh_n + oh) * ow_n + ow0;
-                    for (j, v) in tile[c * nc..(c + 1) * nc].iter().enumerate() {
-                        // SAFETY: output row (n, co, od, oh) belongs to this item only.
-                        unsafe { *outp.get().add(at + j) += v[lane] };
+/// A forward-shaped problem for [`fwd_tile`]: `out[n, co, o] += Σ_c Σ_k W[co, c, k] ·
+/// x[n, c, first + o·stride + k]` per axis, skipping the D/H taps that read outside `x`.
+struct TileProblem<'a> {
+    /// `(N, C, D, H, Wp)`: rows already carry whatever W padding the reads need.
+    x: &'a [f32],
+    /// `D, H, Wp` of `x`.
+    dims: [usize; 3],
+    /// Channels of `x`, reduced over.
+    c: usize,
+    /// Packed weight `[out block][c][kd][kh][kw][16]`.
+    w: &'a [f32],
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    /// Index of `x` read by tap 0 of output 0, per axis (along W inside the padded row, ≥ 0).
+    first: [isize; 3],
+    /// Blocks of 16 output channels.
+    blocks: usize,
+    /// Batch and output grid.
+    n: usize,
+    out: [usize; 3],
+    /// Where output `(n, co, od, oh, ow)` lives: strides of each index, plus an offset.
+    layout: [usize; 5],
+    offset: usize,
+}
+
+impl TileProblem<'_> {
+    /// Adds the problem's result into `dst` (disjoint rows per task, run in parallel).
+    fn run(&self, dst: SharedMut) {
+        let [d, h, wp] = self.dims;
+        let [kd_n, kh_n, kw_n] = self.kernel;
+        let [od_n, oh_n, ow_n] = self.out;
+        let kvol = kd_n * kh_n * kw_n;
+        let s = FwdStrides {
+            ci_x: d * h * wp,
+            kd_x: h * wp,
+            kh_x: wp,
+            cb_w: self.c * kvol * LANES,
+            ci_w: kvol * LANES,
+            kd_w: kh_n * kw_n * LANES,
+            kh_w: kw_n * LANES,
+            kw: kw_n,
+        };
+        let groups = block_groups(self.blocks, 4);
+        let bands = oh_n.div_ceil(BAND_ROWS);
+        let per_n = groups.len() * od_n * bands;
+        let [ln, lc, ld, lh, lw] = self.layout;
+        (0..self.n * per_n).into_par_iter().for_each(|item| {
+            let (n, rest) = (item / per_n, item % per_n);
+            let ((b0, cb), rest) = (groups[rest / (od_n * bands)], rest % (od_n * bands));
+            let (od, oh0) = (rest / bands, (rest % bands) * BAND_ROWS);
+            let band = BAND_ROWS.min(oh_n - oh0);
+            let start_d = self.first[0] + (od * self.stride[0]) as isize;
+            let (d_lo, d_hi) = tap_range(start_d, kd_n, d);
+            if d_lo == d_hi {
+                return; // every tap reads padding: nothing to add
+            }
+            // Per row: the first input row and the H taps inside the input.
+            let rows: Vec<(usize, usize, usize)> = (oh0..oh0 + band)
+                .map(|oh| {
+                    let start_h = self.first[1] + (oh * self.stride[1]) as isize;
+                    let (h_lo, h_hi) = tap_range(start_h, kh_n, h);
+                    ((start_h + h_lo as isize).max(0) as usize, h_lo, h_hi)
+                })
+                .collect();
+            let id0 = (start_d + d_lo as isize) as usize;
+            let max_nc = if cb == 4 { MAX_NC / 2 } else { MAX_NC };
+            // Accumulators of the band, [row][channel block][ow][16].
+            let mut acc = vec![[0f32; LANES]; band * cb * ow_n];
+            let step = (WEIGHT_SLICE_BYTES / (cb * LANES * kvol * 4)).clamp(1, self.c);
+            for c0 in (0..self.c).step_by(step) {
+                let cc = step.min(self.c - c0);
+                for (r, &(ih0, h_lo, h_hi)) in rows.iter().enumerate() {
+                    if h_lo == h_hi {
+                        continue;
+                    }
+                    let x_row =
+                        ((n * self.c + c0) * d + id0) * h * wp + ih0 * wp + self.first[2] as usize;
+                    let w_at = ((b0 * self.c + c0) * kvol + (d_lo * kh_n + h_lo) * kw_n) * LANES;
+                    for (ow0, nc) in chunks(ow_n, max_nc) {
+                        let kernel = fwd_tile_for(cb, nc, self.stride[2]);
+                        let tile = &mut acc[(r * ow_n + ow0) * cb..][..cb * nc];
+                        // SAFETY: AVX-512F was checked by the caller (`applies…`); the tile
+                        // reads channels c0..c0+cc of sample n, planes id0.. and rows ih0..
+                        // inside x (the tap ranges above), and padded columns first_w + ow·sw
+                        // + kw < Wp (the caller padded the rows for that); the weight block
+                        // group b0..b0+cb exists; `tile` holds cb·nc vectors.
+                        unsafe {
+                            kernel(
+                                self.x.as_ptr().add(x_row + ow0 * self.stride[2]),
+                                self.w.as_ptr().add(w_at),
+                                cc,
+                                (d_hi - d_lo, h_hi - h_lo),
+                                &s,
+                                tile,
+                            )
+                        };
                     }
                 }
             }
+            for (r, &(_, h_lo, h_hi)) in rows.iter().enumerate() {
+                if h_lo == h_hi {
+                    continue;
+                }
+                for (ow0, nc) in chunks(ow_n, max_nc) {
+                    let tile = &acc[(r * ow_n + ow0) * cb..][..cb * nc];
+                    for c in 0..cb {
+                        for lane in 0..LANES {
+                            let co = (b0 + c) * LANES + lane;
+                            let at = self.offset
+                                + n * ln
+                                + co * lc
+                                + od * ld
+                                + (oh0 + r) * lh
+                                + ow0 * lw;
+                            for (j, v) in tile[c * nc..(c + 1) * nc].iter().enumerate() {
+                                // SAFETY: output rows (n, co, od, oh0..oh0+band) belong to
+                                // this item only.
+                                unsafe { *dst.get().add(at + j * lw) += v[lane] };
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Forward: adds `conv(x, W)` into `out` `(N, Cout, Do, Ho, Wo)`, which already holds the bias
+/// and residual.
+pub(super) fn forward(g: &ConvGeom, x: &[f32], wb: &[f32], out: &mut [f32]) {
+    let [d, h, w] = g.input;
+    let [od, oh, ow] = g.output;
+    let xp = pad_w(g, x);
+    let packed = pack_weight(g, wb);
+    TileProblem {
+        x: &xp,
+        dims: [d, h, w + 2 * g.padding[2]],
+        c: g.cin,
+        w: &packed,
+        kernel: g.kernel,
+        stride: g.stride,
+        first: [-(g.padding[0] as isize), -(g.padding[1] as isize), 0],
+        blocks: g.cout / LANES,
+        n: g.n,
+        out: g.output,
+        layout: [g.cout * od * oh * ow, od * oh * ow, oh * ow, ow, 1],
+        offset: 0,
+    }
+    .run(SharedMut(out.as_mut_ptr()));
+}
+
+/// Whether the strided input gradient takes this convolution: AVX-512F, input channels in
+/// blocks of 16, no dilation, not a plain 1×1×1 product.
+pub(super) fn applies_input_grad(g: &ConvGeom) -> bool {
+    avx512::available() && g.cin.is_multiple_of(LANES) && g.dilation == [1; 3] && !g.is_pointwise()
+}
+
+/// The taps of one axis that reach input positions `r, r + s, r + 2s, …` (kernel `k`,
+/// padding `p`), in the order of their output offsets: tap `k_t` reads output `a + q0 + t` for
+/// class index `a`. Returns `(taps, q0)`; no taps when none reaches the class.
+fn class_taps(r: usize, k: usize, s: usize, p: usize) -> (Vec<usize>, isize) {
+    // Output o = (i + p − k) / s for i = r + s·a: k ≡ r + p (mod s), q = (r + p − k) / s.
+    let mut taps: Vec<usize> = (0..k)
+        .filter(|&kk| (r as isize + p as isize - kk as isize).rem_euclid(s as isize) == 0)
+        .collect();
+    taps.reverse(); // descending k = ascending q
+    let q0 = taps.first().map_or(0, |&kk| (r as isize + p as isize - kk as isize) / s as isize);
+    (taps, q0)
+}
+
+/// Input gradient of a convolution (any stride) as `s_d·s_h·s_w` forward-shaped problems, one
+/// per residue class of the input grid: inside a class only the taps `k ≡ r + p (mod s)` reach
+/// a position, and they read consecutive outputs, so each class is a unit-stride convolution of
+/// `dY` with those taps (transposed weight, 16 input channels per vector) whose outputs land
+/// every `s` positions of `dX`.
+pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
+    let [d, h, w] = g.input;
+    let [od, oh, ow] = g.output;
+    let [kd_n, kh_n, kw_n] = g.kernel;
+    let kvol = kd_n * kh_n * kw_n;
+    let kc = g.kcols();
+    let class_axis = |a: usize, r: usize| {
+        let (taps, q0) = class_taps(r, g.kernel[a], g.stride[a], g.padding[a]);
+        let cnt = g.input[a].saturating_sub(r).div_ceil(g.stride[a]);
+        (taps, q0, cnt)
+    };
+    // W padding of dY that every class's reads fit in.
+    let (mut left, mut right) = (0usize, 0usize);
+    for r in 0..g.stride[2] {
+        let (taps, q0, cnt) = class_axis(2, r);
+        if taps.is_empty() || cnt == 0 {
+            continue;
         }
+        left = left.max((-q0).max(0) as usize);
+        let last = cnt as isize - 1 + q0 + taps.len() as isize - 1;
+        right = right.max((last - (ow as isize - 1)).max(0) as usize);
+    }
+    let dyp = pad_rows(dy, g.n * g.cout * od, oh, ow, (left, right));
+    let mut dx = cpu_f32::par_init(g.n * g.cin * d * h * w, d * h * w, |_, dst| {
+        dst.fill(MaybeUninit::new(0.0));
     });
+    let dst = SharedMut(dx.as_mut_ptr());
+    for rd in 0..g.stride[0] {
+        for rh in 0..g.stride[1] {
+            for rw in 0..g.stride[2] {
+                let axes = [class_axis(0, rd), class_axis(1, rh), class_axis(2, rw)];
+                if axes.iter().any(|(taps, _, cnt)| taps.is_empty() || *cnt == 0) {
+                    continue; // no tap reaches these positions: their gradient is zero
+                }
+                let [(td, qd, cd), (th, qh, ch), (tw, qw, cw)] = &axes;
+                // [ci block][co][td][th][tw][16]
+                let packed = cpu_f32::par_init(
+                    g.cin * g.cout * td.len() * th.len() * tw.len(),
+                    g.cout * td.len() * th.len() * tw.len() * LANES,
+                    |b, dst| {
+                        let mut i = 0;
+                        for co in 0..g.cout {
+                            for &a in td {
+                                for &bb in th {
+                                    for &c in tw {
+                                        let tap = (a * kh_n + bb) * kw_n + c;
+                                        for lane in 0..LANES {
+                                            let ci = b * LANES + lane;
+                                            dst[i].write(wb[co * kc + ci * kvol + tap]);
+                                            i += 1;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    },
+                );
+                TileProblem {
+                    x: &dyp,
+                    dims: [od, oh, left + ow + right],
+                    c: g.cout,
+                    w: &packed,
+                    kernel: [td.len(), th.len(), tw.len()],
+                    stride: [1; 3],
+                    first: [*qd, *qh, qw + left as isize],
+                    blocks: g.cin / LANES,
+                    n: g.n,
+                    out: [*cd, *ch, *cw],
+                    layout: [
+                        g.cin * d * h * w,
+                        d * h * w,
+                        g.stride[0] * h * w,
+                        g.stride[1] * w,
+                        g.stride[2],
+                    ],
+                    offset: (rd * h + rh) * w + rw,
+                }
+                .run(dst);
+            }
+        }
+    }
+    dx
 }
 
 /// One weight-gradient tile: for each row `(dy offset, x offset)` and each output `ow < wo`,

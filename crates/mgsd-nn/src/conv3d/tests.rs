@@ -262,6 +262,17 @@ fn direct_kernel_cases() -> Vec<Case> {
         case(1, 3, 16, [7, 6, 5], strided_dh),
         Case { residual: true, ..case(1, 32, 16, [4, 6, 5], k3) },
         case(1, 16, 80, [3, 4, 7], k3),
+        // Strided input gradients by residue class (input channels in blocks of 16).
+        case(1, 16, 16, [7, 9, 11], k3.stride(2)),
+        Case {
+            residual: true,
+            ..case(2, 32, 16, [8, 10, 6], Conv3dConfig::cube(4).stride(2).padding(1))
+        },
+        case(1, 16, 3, [5, 7, 9], strided_dh),
+        case(1, 16, 5, [4, 5, 10], Conv3dConfig::cube(3).stride(3).padding(1)),
+        case(1, 16, 4, [5, 6, 7], Conv3dConfig::cube(2).stride(2)),
+        case(1, 16, 4, [5, 6, 7], Conv3dConfig::cube(1).stride(2)),
+        case(1, 48, 16, [6, 5, 7], Conv3dConfig::cube(3).stride(2).padding(2)),
     ]
 }
 
