@@ -612,14 +612,22 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 let nr = rows_per_block.min(oh_n - oh0);
                 // dY rows (n, ·, od, oh0..oh0+nr) to position-major order; bias sums.
                 let npos = nr * ow_n;
+                let at = (od * oh_n + oh0) * ow_n;
                 for co in 0..g.cout {
-                    let src = &dy[(n * g.cout + co) * so + (od * oh_n + oh0) * ow_n..][..npos];
-                    let mut sum = 0f32;
-                    for (p, v) in src.iter().enumerate() {
-                        dyt[p * g.cout + co] = *v;
-                        sum += v;
+                    let src = &dy[(n * g.cout + co) * so + at..][..npos];
+                    acc[acc_len + co] += src.iter().sum::<f32>();
+                }
+                // In 16 × 16 blocks, so each block's writes stay in a few cache lines.
+                for co0 in (0..g.cout).step_by(LANES) {
+                    for p0 in (0..npos).step_by(LANES) {
+                        let pn = LANES.min(npos - p0);
+                        for co in co0..co0 + LANES {
+                            let src = &dy[(n * g.cout + co) * so + at + p0..][..pn];
+                            for (p, v) in src.iter().enumerate() {
+                                dyt[(p0 + p) * g.cout + co] = *v;
+                            }
+                        }
                     }
-                    acc[acc_len + co] += sum;
                 }
                 let id_of = |kd: usize| {
                     let i = (od * g.stride[0] + kd) as isize - g.padding[0] as isize;
