@@ -3,8 +3,9 @@
 //!
 //! Candle 0.11 has no 3-D convolution, and composing it from `conv2d` is both slow and wrong
 //! in backward (candle's CPU conv2d backward fails for stride 2 with mixed parity), so the
-//! CPU path here is our own: AVX-512 row kernels where the CPU has AVX-512F (`avx512.rs`,
-//! `strided_rows.rs`, `transposed_rows.rs`), tiled im2col or row layouts + gemm elsewhere
+//! CPU path here is our own: where the CPU has AVX-512F, direct kernels vectorised over output
+//! channels (`direct.rs`, Cout a multiple of 16) and row kernels for the rest (`avx512.rs`,
+//! `strided_rows.rs`, `transposed_rows.rs`); tiled im2col or row layouts + gemm elsewhere
 //! (`cpu.rs`); [`cpu_kernels`] says which one runs. The bias is carried as an
 //! extra column of the flattened weight matrix, so one op covers weight, bias and residual and
 //! candle's autograd splits the gradient back to the two parameters.

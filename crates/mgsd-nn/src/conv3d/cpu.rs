@@ -22,6 +22,10 @@
 //! - 1×1×1 with unit stride and no padding: plain gemms on the tensors, no gather.
 //!
 //! Tiles run in parallel on rayon; each gemm call is single-threaded.
+//!
+//! On AVX-512F CPUs, [`forward`], [`backward_weight`] and [`backward_input`] first hand the
+//! convolutions with output (input, for the strided input gradient) channels in blocks of 16
+//! to [`super::direct`].
 
 use rayon::prelude::*;
 
