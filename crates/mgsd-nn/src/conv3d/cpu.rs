@@ -27,6 +27,8 @@
 //! convolutions with output (input, for the strided input gradient) channels in blocks of 16
 //! to [`super::direct`].
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::{avx512, strided_rows, transposed_rows, ConvGeom};
@@ -542,55 +544,50 @@ fn backward_weight_rows(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let items = g.n * tiles;
     // Row stride of dY in the extended layout: whole 16-lane vectors, zero past `ext`.
     let dyx_ld = |ext: usize| if vector { ext.next_multiple_of(16) } else { ext };
-    let chunks = (rayon::current_num_threads() * 2).min(items).max(1);
-    let partial: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            let mut acc = vec![0f32; g.cout * kc];
-            let mut bias = vec![0f32; g.cout];
-            let mut col = vec![0f32; t.k3 * t.ld(g, t.rows) + avx512::SLACK];
-            let mut dyx = vec![0f32; g.cout * dyx_ld(t.rows * t.wp)];
-            let mut col_nr = 0;
-            for item in (c * items / chunks)..((c + 1) * items / chunks) {
-                let (n, r0) = (item / tiles, (item % tiles) * t.rows);
-                let nr = t.rows.min(total_rows - r0);
-                let ext = nr * t.wp;
-                let dld = dyx_ld(ext);
-                let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
-                let fresh = std::mem::replace(&mut col_nr, nr) != nr;
-                gather_rows(g, t.map(g), xs, (r0, nr, t.ld(g, nr)), fresh, &mut col);
-                let tile = RowTileAt { n, r0, nr, wp: t.wp };
-                tile.dy_into_rows(g, dy, &mut dyx, dld, g.has_bias.then_some(&mut bias[..]));
-                if vector {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX-512F was detected; col carries SLACK floats past its k3 rows
-                    // of stride ld (≥ the 16-rounded ext + 2·dw reach); dyx is (cout, dld)
-                    // with zeros past ext; acc is (cout, kc) with kc ≥ 3·k3.
-                    unsafe {
-                        avx512::rows_grad_weight(
-                            col.as_ptr(),
-                            t.ld(g, nr),
-                            t.k3,
-                            g.dilation[2],
-                            dyx.as_ptr(),
-                            dld,
-                            g.cout,
-                            ext,
-                            &mut acc,
-                            kc,
-                        )
-                    }
-                } else {
-                    grad_weight_rows_gemm(g, &t, nr, &col, &dyx, &mut acc);
+    sum_over_ranges(items, g.cout * kc, |range| {
+        let mut acc = vec![0f32; g.cout * kc];
+        let mut bias = vec![0f32; g.cout];
+        let mut col = vec![0f32; t.k3 * t.ld(g, t.rows) + avx512::SLACK];
+        let mut dyx = vec![0f32; g.cout * dyx_ld(t.rows * t.wp)];
+        let mut col_nr = 0;
+        for item in range {
+            let (n, r0) = (item / tiles, (item % tiles) * t.rows);
+            let nr = t.rows.min(total_rows - r0);
+            let ext = nr * t.wp;
+            let dld = dyx_ld(ext);
+            let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
+            let fresh = std::mem::replace(&mut col_nr, nr) != nr;
+            gather_rows(g, t.map(g), xs, (r0, nr, t.ld(g, nr)), fresh, &mut col);
+            let tile = RowTileAt { n, r0, nr, wp: t.wp };
+            tile.dy_into_rows(g, dy, &mut dyx, dld, g.has_bias.then_some(&mut bias[..]));
+            if vector {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F was detected; col carries SLACK floats past its k3 rows
+                // of stride ld (≥ the 16-rounded ext + 2·dw reach); dyx is (cout, dld)
+                // with zeros past ext; acc is (cout, kc) with kc ≥ 3·k3.
+                unsafe {
+                    avx512::rows_grad_weight(
+                        col.as_ptr(),
+                        t.ld(g, nr),
+                        t.k3,
+                        g.dilation[2],
+                        dyx.as_ptr(),
+                        dld,
+                        g.cout,
+                        ext,
+                        &mut acc,
+                        kc,
+                    )
                 }
+            } else {
+                grad_weight_rows_gemm(g, &t, nr, &col, &dyx, &mut acc);
             }
-            if g.has_bias {
-                (0..g.cout).for_each(|co| acc[co * kc + k] = bias[co]);
-            }
-            acc
-        })
-        .collect();
-    sum_partials(partial, g.cout * kc)
+        }
+        if g.has_bias {
+            (0..g.cout).for_each(|co| acc[co * kc + k] = bias[co]);
+        }
+        acc
+    })
 }
 
 /// `acc[:, kw::k2] += dY · col[:, kw·dw ..]ᵀ`, one gemm per W tap; `dyx` is `(cout, ext)`.
@@ -627,7 +624,19 @@ fn grad_weight_rows_gemm(
     }
 }
 
-pub(super) fn sum_partials(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+/// Splits `0..items` into a few more contiguous ranges than threads (that balances the load),
+/// runs `work` on each range in parallel and sums the `len`-float accumulators it returns: one
+/// accumulator per range, not per item.
+pub(super) fn sum_over_ranges(
+    items: usize,
+    len: usize,
+    work: impl Fn(Range<usize>) -> Vec<f32> + Sync + Send,
+) -> Vec<f32> {
+    let chunks = (rayon::current_num_threads() * 2).min(items).max(1);
+    let partial: Vec<Vec<f32>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| work(c * items / chunks..(c + 1) * items / chunks))
+        .collect();
     let mut iter = partial.into_iter();
     let mut total = iter.next().unwrap_or_else(|| vec![0f32; len]);
     for p in iter {
@@ -762,52 +771,46 @@ pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let pl = if pointwise { tile_len(4 * g.cin, so) } else { tile_len(k, so) };
     let tiles = so.div_ceil(pl);
     let items = g.n * tiles;
-    // A few more chunks than threads balance the load; each owns one accumulator.
-    let chunks = (rayon::current_num_threads() * 2).min(items).max(1);
-    let partial: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            let mut acc = vec![0f32; g.cout * kc];
-            let mut col = if pointwise { Vec::new() } else { vec![0f32; k * pl] };
-            for t in (c * items / chunks)..((c + 1) * items / chunks) {
-                let (n, p0) = (t / tiles, (t % tiles) * pl);
-                let len = pl.min(so - p0);
-                let dyt = &dy[n * g.cout * so + p0..];
-                let (rhs, rhs_cs) = if pointwise {
-                    (x[n * g.cin * si + p0..].as_ptr(), si)
-                } else {
-                    im2col(g, &x[n * g.cin * si..(n + 1) * g.cin * si], p0, len, &mut col);
-                    (col.as_ptr(), len)
-                };
-                // SAFETY: acc is (cout, kc) owned here; dyt covers (cout, len) with row
-                // stride so; rhs covers (len, k) read as the transpose of a (k, len) matrix.
-                unsafe {
-                    sgemm(
-                        g.cout,
-                        k,
-                        len,
-                        acc.as_mut_ptr(),
-                        kc,
-                        1,
-                        true,
-                        dyt.as_ptr(),
-                        so,
-                        1,
-                        rhs,
-                        1,
-                        rhs_cs,
-                    )
-                }
-                if g.has_bias {
-                    for co in 0..g.cout {
-                        acc[co * kc + k] += dyt[co * so..co * so + len].iter().sum::<f32>();
-                    }
+    sum_over_ranges(items, g.cout * kc, |range| {
+        let mut acc = vec![0f32; g.cout * kc];
+        let mut col = if pointwise { Vec::new() } else { vec![0f32; k * pl] };
+        for t in range {
+            let (n, p0) = (t / tiles, (t % tiles) * pl);
+            let len = pl.min(so - p0);
+            let dyt = &dy[n * g.cout * so + p0..];
+            let (rhs, rhs_cs) = if pointwise {
+                (x[n * g.cin * si + p0..].as_ptr(), si)
+            } else {
+                im2col(g, &x[n * g.cin * si..(n + 1) * g.cin * si], p0, len, &mut col);
+                (col.as_ptr(), len)
+            };
+            // SAFETY: acc is (cout, kc) owned here; dyt covers (cout, len) with row
+            // stride so; rhs covers (len, k) read as the transpose of a (k, len) matrix.
+            unsafe {
+                sgemm(
+                    g.cout,
+                    k,
+                    len,
+                    acc.as_mut_ptr(),
+                    kc,
+                    1,
+                    true,
+                    dyt.as_ptr(),
+                    so,
+                    1,
+                    rhs,
+                    1,
+                    rhs_cs,
+                )
+            }
+            if g.has_bias {
+                for co in 0..g.cout {
+                    acc[co * kc + k] += dyt[co * so..co * so + len].iter().sum::<f32>();
                 }
             }
-            acc
-        })
-        .collect();
-    sum_partials(partial, g.cout * kc)
+        }
+        acc
+    })
 }
 
 /// Kernel taps of one axis that reach input positions `r, r+s, r+2s, …`, with the output

@@ -16,9 +16,13 @@
 //!   block of output rows. `dY` is transposed per block to position-major order so that the 16
 //!   channels of one position are one load; each worker owns one accumulator in that
 //!   (channel-last) order, transposed back at the end.
+//! - **input gradient**: with unit stride `cpu.rs` runs the forward on `dY` with the flipped
+//!   kernel; with any stride [`backward_input`] runs one forward-shaped problem per residue
+//!   class of the input grid (input channels in blocks of 16).
 //!
-//! x86-64 only. [`applies`] / [`applies_weight_grad`] say when `cpu.rs` takes this path. Tests compare it
-//! with the slow reference and with the portable path (`conv3d/tests.rs`).
+//! x86-64 only. [`applies`], [`applies_weight_grad`] and [`applies_input_grad`] say when
+//! `cpu.rs` takes this path. Tests compare it with the slow reference and with the portable
+//! path (`conv3d/tests.rs`).
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
@@ -29,7 +33,7 @@ use std::arch::x86_64::{
     _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
 };
 
-use super::cpu::{sum_partials, SharedMut};
+use super::cpu::{residues, sum_over_ranges, Residue, SharedMut};
 use super::{avx512, ConvGeom};
 use crate::cpu_f32;
 
@@ -388,44 +392,32 @@ pub(super) fn applies_input_grad(g: &ConvGeom) -> bool {
     avx512::available() && g.cin.is_multiple_of(LANES) && g.dilation == [1; 3] && !g.is_pointwise()
 }
 
-/// The taps of one axis that reach input positions `r, r + s, r + 2s, …` (kernel `k`,
-/// padding `p`), in the order of their output offsets: tap `k_t` reads output `a + q0 + t` for
-/// class index `a`. Returns `(taps, q0)`; no taps when none reaches the class.
-fn class_taps(r: usize, k: usize, s: usize, p: usize) -> (Vec<usize>, isize) {
-    // Output o = (i + p − k) / s for i = r + s·a: k ≡ r + p (mod s), q = (r + p − k) / s.
-    let mut taps: Vec<usize> = (0..k)
-        .filter(|&kk| (r as isize + p as isize - kk as isize).rem_euclid(s as isize) == 0)
-        .collect();
-    taps.reverse(); // descending k = ascending q
-    let q0 = taps.first().map_or(0, |&kk| (r as isize + p as isize - kk as isize) / s as isize);
-    (taps, q0)
-}
-
-/// Input gradient of a convolution (any stride) as `s_d·s_h·s_w` forward-shaped problems, one
-/// per residue class of the input grid: inside a class only the taps `k ≡ r + p (mod s)` reach
-/// a position, and they read consecutive outputs, so each class is a unit-stride convolution of
-/// `dY` with those taps (transposed weight, 16 input channels per vector) whose outputs land
-/// every `s` positions of `dX`.
+/// Input gradient of a convolution (any stride) as one forward-shaped problem per residue class
+/// of the input grid ([`residues`]): inside a class only the taps `k ≡ r + p (mod s)` reach a
+/// position, and with unit dilation they read consecutive outputs, so each class is a
+/// unit-stride convolution of `dY` with those taps (transposed weight, 16 input channels per
+/// vector) whose outputs land every `s` positions of `dX`. Classes no tap reaches keep zeros.
 pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
     let [d, h, w] = g.input;
     let [od, oh, ow] = g.output;
-    let [kd_n, kh_n, kw_n] = g.kernel;
-    let kvol = kd_n * kh_n * kw_n;
+    let [_, kh_n, kw_n] = g.kernel;
+    let kvol: usize = g.kernel.iter().product();
     let kc = g.kcols();
-    let class_axis = |a: usize, r: usize| {
-        let (taps, q0) = class_taps(r, g.kernel[a], g.stride[a], g.padding[a]);
-        let cnt = g.input[a].saturating_sub(r).div_ceil(g.stride[a]);
-        (taps, q0, cnt)
-    };
+    // Each class's taps in ascending output offset q (descending tap index): q, q + 1, …
+    let classes: Vec<Residue> = residues(g)
+        .into_iter()
+        .map(|mut c| {
+            c.taps.iter_mut().for_each(|t| t.reverse());
+            c
+        })
+        .collect();
     // W padding of dY that every class's reads fit in.
     let (mut left, mut right) = (0usize, 0usize);
-    for r in 0..g.stride[2] {
-        let (taps, q0, cnt) = class_axis(2, r);
-        if taps.is_empty() || cnt == 0 {
-            continue;
-        }
-        left = left.max((-q0).max(0) as usize);
-        let last = cnt as isize - 1 + q0 + taps.len() as isize - 1;
+    for c in &classes {
+        let tw = &c.taps[2];
+        let (q_first, q_last) = (tw[0].1, tw[tw.len() - 1].1);
+        left = left.max((-q_first).max(0) as usize);
+        let last = c.cnt[2] as isize - 1 + q_last;
         right = right.max((last - (ow as isize - 1)).max(0) as usize);
     }
     let dyp = pad_rows(dy, g.n * g.cout * od, oh, ow, (left, right));
@@ -433,59 +425,48 @@ pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], wb: &[f32]) -> Vec<f32> {
         dst.fill(MaybeUninit::new(0.0));
     });
     let dst = SharedMut(dx.as_mut_ptr());
-    for rd in 0..g.stride[0] {
-        for rh in 0..g.stride[1] {
-            for rw in 0..g.stride[2] {
-                let axes = [class_axis(0, rd), class_axis(1, rh), class_axis(2, rw)];
-                if axes.iter().any(|(taps, _, cnt)| taps.is_empty() || *cnt == 0) {
-                    continue; // no tap reaches these positions: their gradient is zero
-                }
-                let [(td, qd, cd), (th, qh, ch), (tw, qw, cw)] = &axes;
-                // [ci block][co][td][th][tw][16]
-                let packed = cpu_f32::par_init(
-                    g.cin * g.cout * td.len() * th.len() * tw.len(),
-                    g.cout * td.len() * th.len() * tw.len() * LANES,
-                    |b, dst| {
-                        let mut i = 0;
-                        for co in 0..g.cout {
-                            for &a in td {
-                                for &bb in th {
-                                    for &c in tw {
-                                        let tap = (a * kh_n + bb) * kw_n + c;
-                                        for lane in 0..LANES {
-                                            let ci = b * LANES + lane;
-                                            dst[i].write(wb[co * kc + ci * kvol + tap]);
-                                            i += 1;
-                                        }
-                                    }
-                                }
+    for c in &classes {
+        let [td, th, tw] = &c.taps;
+        let taps = td.len() * th.len() * tw.len();
+        // [ci block][co][td][th][tw][16]
+        let packed = cpu_f32::par_init(g.cin * g.cout * taps, g.cout * taps * LANES, |b, dst| {
+            let mut i = 0;
+            for co in 0..g.cout {
+                for &(kd, _) in td {
+                    for &(kh, _) in th {
+                        for &(kw, _) in tw {
+                            let tap = (kd * kh_n + kh) * kw_n + kw;
+                            for lane in 0..LANES {
+                                let ci = b * LANES + lane;
+                                dst[i].write(wb[co * kc + ci * kvol + tap]);
+                                i += 1;
                             }
                         }
-                    },
-                );
-                TileProblem {
-                    x: &dyp,
-                    dims: [od, oh, left + ow + right],
-                    c: g.cout,
-                    w: &packed,
-                    kernel: [td.len(), th.len(), tw.len()],
-                    stride: [1; 3],
-                    first: [*qd, *qh, qw + left as isize],
-                    blocks: g.cin / LANES,
-                    n: g.n,
-                    out: [*cd, *ch, *cw],
-                    layout: [
-                        g.cin * d * h * w,
-                        d * h * w,
-                        g.stride[0] * h * w,
-                        g.stride[1] * w,
-                        g.stride[2],
-                    ],
-                    offset: (rd * h + rh) * w + rw,
+                    }
                 }
-                .run(dst);
             }
+        });
+        TileProblem {
+            x: &dyp,
+            dims: [od, oh, left + ow + right],
+            c: g.cout,
+            w: &packed,
+            kernel: [td.len(), th.len(), tw.len()],
+            stride: [1; 3],
+            first: [td[0].1, th[0].1, tw[0].1 + left as isize],
+            blocks: g.cin / LANES,
+            n: g.n,
+            out: c.cnt,
+            layout: [
+                g.cin * d * h * w,
+                d * h * w,
+                g.stride[0] * h * w,
+                g.stride[1] * w,
+                g.stride[2],
+            ],
+            offset: (c.r[0] * h + c.r[1]) * w + c.r[2],
         }
+        .run(dst);
     }
     dx
 }
@@ -597,90 +578,83 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let nci_max = 12 / kw_n;
     let groups = block_groups(g.cout / LANES, 2);
     let acc_len = g.cin * kvol * g.cout;
-    let chunks = (rayon::current_num_threads() * 2).min(blocks).max(1);
-    let partial: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            // Channel-last accumulator [ci][kd][kh][kw][co], then the bias sums.
-            let mut acc = vec![0f32; acc_len + g.cout];
-            let mut dyt = vec![0f32; rows_per_block * ow_n * g.cout];
-            let mut rows = Vec::with_capacity(rows_per_block);
-            for blk in (c * blocks / chunks)..((c + 1) * blocks / chunks) {
-                let (plane, part) = (blk / per_plane, blk % per_plane);
-                let (n, od) = (plane / od_n, plane % od_n);
-                let oh0 = part * rows_per_block;
-                let nr = rows_per_block.min(oh_n - oh0);
-                // dY rows (n, ·, od, oh0..oh0+nr) to position-major order; bias sums.
-                let npos = nr * ow_n;
-                let at = (od * oh_n + oh0) * ow_n;
-                for co in 0..g.cout {
-                    let src = &dy[(n * g.cout + co) * so + at..][..npos];
-                    acc[acc_len + co] += src.iter().sum::<f32>();
-                }
-                // In 16 × 16 blocks, so each block's writes stay in a few cache lines.
-                for co0 in (0..g.cout).step_by(LANES) {
-                    for p0 in (0..npos).step_by(LANES) {
-                        let pn = LANES.min(npos - p0);
-                        for co in co0..co0 + LANES {
-                            let src = &dy[(n * g.cout + co) * so + at + p0..][..pn];
-                            for (p, v) in src.iter().enumerate() {
-                                dyt[(p0 + p) * g.cout + co] = *v;
-                            }
-                        }
-                    }
-                }
-                let id_of = |kd: usize| {
-                    let i = (od * g.stride[0] + kd) as isize - g.padding[0] as isize;
-                    (0..d as isize).contains(&i).then_some(i as usize)
-                };
-                for kd in 0..kd_n {
-                    let Some(id) = id_of(kd) else { continue };
-                    for kh in 0..kh_n {
-                        rows.clear();
-                        for r in 0..nr {
-                            let ih =
-                                ((oh0 + r) * g.stride[1] + kh) as isize - g.padding[1] as isize;
-                            if (0..h as isize).contains(&ih) {
-                                let x_off = ((n * g.cin * d + id) * h + ih as usize) * wp;
-                                rows.push((r * ow_n * g.cout, x_off));
-                            }
-                        }
-                        if rows.is_empty() {
-                            continue;
-                        }
-                        for &(b0, cb) in &groups {
-                            let mut ci0 = 0;
-                            while ci0 < g.cin {
-                                let nci = nci_max.min(g.cin - ci0);
-                                let kernel = wgrad_tile_for(cb, nci, kw_n, g.stride[2]);
-                                let at =
-                                    ((ci0 * kd_n + kd) * kh_n + kh) * kw_n * g.cout + b0 * LANES;
-                                // SAFETY: AVX-512F was checked by `applies`; each row reads dyt
-                                // positions r·Wo.. of channels b0·16..(b0+cb)·16 and padded
-                                // input columns up to (Wo−1)·sw + kw − 1 < Wp of channels
-                                // ci0..ci0+nci at a valid (id, ih); acc covers all of it.
-                                unsafe {
-                                    kernel(
-                                        &rows,
-                                        dyt.as_ptr().add(b0 * LANES),
-                                        xp.as_ptr().add(ci0 * d * h * wp),
-                                        ow_n,
-                                        g.cout,
-                                        d * h * wp,
-                                        acc.as_mut_ptr().add(at),
-                                        kvol * g.cout,
-                                    )
-                                };
-                                ci0 += nci;
-                            }
+    let acc = sum_over_ranges(blocks, acc_len + g.cout, |range| {
+        // Channel-last accumulator [ci][kd][kh][kw][co], then the bias sums.
+        let mut acc = vec![0f32; acc_len + g.cout];
+        let mut dyt = vec![0f32; rows_per_block * ow_n * g.cout];
+        let mut rows = Vec::with_capacity(rows_per_block);
+        for blk in range {
+            let (plane, part) = (blk / per_plane, blk % per_plane);
+            let (n, od) = (plane / od_n, plane % od_n);
+            let oh0 = part * rows_per_block;
+            let nr = rows_per_block.min(oh_n - oh0);
+            // dY rows (n, ·, od, oh0..oh0+nr) to position-major order; bias sums.
+            let npos = nr * ow_n;
+            let at = (od * oh_n + oh0) * ow_n;
+            for co in 0..g.cout {
+                let src = &dy[(n * g.cout + co) * so + at..][..npos];
+                acc[acc_len + co] += src.iter().sum::<f32>();
+            }
+            // In 16 × 16 blocks, so each block's writes stay in a few cache lines.
+            for co0 in (0..g.cout).step_by(LANES) {
+                for p0 in (0..npos).step_by(LANES) {
+                    let pn = LANES.min(npos - p0);
+                    for co in co0..co0 + LANES {
+                        let src = &dy[(n * g.cout + co) * so + at + p0..][..pn];
+                        for (p, v) in src.iter().enumerate() {
+                            dyt[(p0 + p) * g.cout + co] = *v;
                         }
                     }
                 }
             }
-            acc
-        })
-        .collect();
-    let acc = sum_partials(partial, acc_len + g.cout);
+            let start_d = (od * g.stride[0]) as isize - g.padding[0] as isize;
+            let (d_lo, d_hi) = tap_range(start_d, kd_n, d);
+            for kd in d_lo..d_hi {
+                let id = (start_d + kd as isize) as usize;
+                for kh in 0..kh_n {
+                    rows.clear();
+                    for r in 0..nr {
+                        let start_h = ((oh0 + r) * g.stride[1]) as isize - g.padding[1] as isize;
+                        let (h_lo, h_hi) = tap_range(start_h, kh_n, h);
+                        if (h_lo..h_hi).contains(&kh) {
+                            let ih = (start_h + kh as isize) as usize;
+                            let x_off = ((n * g.cin * d + id) * h + ih) * wp;
+                            rows.push((r * ow_n * g.cout, x_off));
+                        }
+                    }
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    for &(b0, cb) in &groups {
+                        let mut ci0 = 0;
+                        while ci0 < g.cin {
+                            let nci = nci_max.min(g.cin - ci0);
+                            let kernel = wgrad_tile_for(cb, nci, kw_n, g.stride[2]);
+                            let at = ((ci0 * kd_n + kd) * kh_n + kh) * kw_n * g.cout + b0 * LANES;
+                            // SAFETY: AVX-512F was checked by `applies`; each row reads dyt
+                            // positions r·Wo.. of channels b0·16..(b0+cb)·16 and padded
+                            // input columns up to (Wo−1)·sw + kw − 1 < Wp of channels
+                            // ci0..ci0+nci at a valid (id, ih); acc covers all of it.
+                            unsafe {
+                                kernel(
+                                    &rows,
+                                    dyt.as_ptr().add(b0 * LANES),
+                                    xp.as_ptr().add(ci0 * d * h * wp),
+                                    ow_n,
+                                    g.cout,
+                                    d * h * wp,
+                                    acc.as_mut_ptr().add(at),
+                                    kvol * g.cout,
+                                )
+                            };
+                            ci0 += nci;
+                        }
+                    }
+                }
+            }
+        }
+        acc
+    });
     // Back to the (Cout, kcols) matrix: column ci·kvol + tap, then the bias.
     let kc = g.kcols();
     let k = g.k_rows();

@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use super::avx512;
-use super::cpu::{gather_rows, sum_partials, tile_rows, RowMap, RowTileAt, SharedMut};
+use super::cpu::{gather_rows, sum_over_ranges, tile_rows, RowMap, RowTileAt, SharedMut};
 use super::ConvGeom;
 
 /// Where one W tap lives in the phase layout.
@@ -169,49 +169,44 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Option<Vec
     let items = g.n * tiles;
     // Per phase row, three dense offsets: (cout, k3·3).
     let gk = t.k3 * 3;
-    let chunks = (rayon::current_num_threads() * 2).min(items).max(1);
-    let partial: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            let mut acc = vec![0f32; g.cout * gk];
-            let mut bias = vec![0f32; g.cout];
-            let mut col = vec![0f32; t.col_len()];
-            let mut dyx = vec![0f32; g.cout * (t.rows * t.wp).next_multiple_of(16)];
-            let mut col_nr = 0;
-            for item in (c * items / chunks)..((c + 1) * items / chunks) {
-                let (n, r0) = (item / tiles, (item % tiles) * t.rows);
-                let nr = t.rows.min(total_rows - r0);
-                let ext = nr * t.wp;
-                let dld = ext.next_multiple_of(16);
-                let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
-                let fresh = std::mem::replace(&mut col_nr, nr) != nr;
-                gather_rows(g, t.map(), xs, (r0, nr, t.ld(nr)), fresh, &mut col);
-                let tile = RowTileAt { n, r0, nr, wp: t.wp };
-                tile.dy_into_rows(g, dy, &mut dyx, dld, Some(&mut bias));
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `applies` checked AVX-512F; col has SLACK floats past its k3 rows
-                // (≥ the 16-rounded ext + 2); dyx is (cout, dld), zero past ext; acc is
-                // (cout, 3·k3).
-                unsafe {
-                    avx512::rows_grad_weight(
-                        col.as_ptr(),
-                        t.ld(nr),
-                        t.k3,
-                        1,
-                        dyx.as_ptr(),
-                        dld,
-                        g.cout,
-                        ext,
-                        &mut acc,
-                        gk,
-                    )
-                }
+    let dense = sum_over_ranges(items, g.cout * gk + g.cout, |range| {
+        let mut acc = vec![0f32; g.cout * gk];
+        let mut bias = vec![0f32; g.cout];
+        let mut col = vec![0f32; t.col_len()];
+        let mut dyx = vec![0f32; g.cout * (t.rows * t.wp).next_multiple_of(16)];
+        let mut col_nr = 0;
+        for item in range {
+            let (n, r0) = (item / tiles, (item % tiles) * t.rows);
+            let nr = t.rows.min(total_rows - r0);
+            let ext = nr * t.wp;
+            let dld = ext.next_multiple_of(16);
+            let xs = &x[n * g.cin * si..(n + 1) * g.cin * si];
+            let fresh = std::mem::replace(&mut col_nr, nr) != nr;
+            gather_rows(g, t.map(), xs, (r0, nr, t.ld(nr)), fresh, &mut col);
+            let tile = RowTileAt { n, r0, nr, wp: t.wp };
+            tile.dy_into_rows(g, dy, &mut dyx, dld, Some(&mut bias));
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `applies` checked AVX-512F; col has SLACK floats past its k3 rows
+            // (≥ the 16-rounded ext + 2); dyx is (cout, dld), zero past ext; acc is
+            // (cout, 3·k3).
+            unsafe {
+                avx512::rows_grad_weight(
+                    col.as_ptr(),
+                    t.ld(nr),
+                    t.k3,
+                    1,
+                    dyx.as_ptr(),
+                    dld,
+                    g.cout,
+                    ext,
+                    &mut acc,
+                    gk,
+                )
             }
-            acc.extend_from_slice(&bias);
-            acc
-        })
-        .collect();
-    let dense = sum_partials(partial, g.cout * gk + g.cout);
+        }
+        acc.extend_from_slice(&bias);
+        acc
+    });
     let krows = g.cin * g.kernel[0] * g.kernel[1];
     let mut dw = vec![0f32; g.cout * kc];
     for co in 0..g.cout {
