@@ -591,9 +591,11 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             // dY rows (n, ·, od, oh0..oh0+nr) to position-major order; bias sums.
             let npos = nr * ow_n;
             let at = (od * oh_n + oh0) * ow_n;
-            for co in 0..g.cout {
-                let src = &dy[(n * g.cout + co) * so + at..][..npos];
-                acc[acc_len + co] += src.iter().sum::<f32>();
+            if g.has_bias {
+                for co in 0..g.cout {
+                    let src = &dy[(n * g.cout + co) * so + at..][..npos];
+                    acc[acc_len + co] += src.iter().sum::<f32>();
+                }
             }
             // In 16 × 16 blocks, so each block's writes stay in a few cache lines.
             for co0 in (0..g.cout).step_by(LANES) {
