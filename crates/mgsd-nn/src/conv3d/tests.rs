@@ -225,17 +225,21 @@ fn row_kernel_cases() -> Vec<Case> {
     ]
 }
 
-#[test]
-fn row_kernels_match_reference_on_both_paths() -> Result<()> {
-    // Which path runs depends on the CPU (AVX-512F or not); the portable path is forced here
-    // so that both are checked on AVX-512 machines.
+/// Checks `cases` on the path this CPU takes and on the forced portable one: which path runs
+/// depends on the CPU (AVX-512F or not), so both are checked on AVX-512 machines.
+fn check_on_both_paths(cases: Vec<Case>) -> Result<()> {
     for portable in [false, true] {
         super::avx512::FORCE_PORTABLE.with(|f| f.set(portable));
-        let result = row_kernel_cases().into_iter().try_for_each(check);
+        let result = cases.iter().copied().try_for_each(check);
         super::avx512::FORCE_PORTABLE.with(|f| f.set(false));
         result?;
     }
     Ok(())
+}
+
+#[test]
+fn row_kernels_match_reference_on_both_paths() -> Result<()> {
+    check_on_both_paths(row_kernel_cases())
 }
 
 /// Cases for the channel-vectorised direct kernels (`direct.rs`, output channels in blocks of
@@ -278,13 +282,7 @@ fn direct_kernel_cases() -> Vec<Case> {
 
 #[test]
 fn direct_kernels_match_reference_on_both_paths() -> Result<()> {
-    for portable in [false, true] {
-        super::avx512::FORCE_PORTABLE.with(|f| f.set(portable));
-        let result = direct_kernel_cases().into_iter().try_for_each(check);
-        super::avx512::FORCE_PORTABLE.with(|f| f.set(false));
-        result?;
-    }
-    Ok(())
+    check_on_both_paths(direct_kernel_cases())
 }
 
 #[test]
