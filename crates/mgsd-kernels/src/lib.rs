@@ -22,9 +22,10 @@
 //!   (default 90) and embeds it as `ATTENTION_PTX`. This feature needs nvcc only, not candle's
 //!   CUDA backend.
 //!
-//! - `cuda` also builds [`candle_ops`]: the no-softmax attention kernels and the GroupNorm
-//!   kernels (`kernels/group_norm.cu`) as differentiable candle ops, which `mgsd-nn` uses on
-//!   CUDA tensors. The softmax attention kernels are not wired into candle yet (the CUDA path
+//! - `cuda` also builds [`candle_ops`]: the no-softmax attention kernels, the GroupNorm
+//!   kernels (`kernels/group_norm.cu`) and the pooling, upsampling and LeakyReLU kernels
+//!   (`kernels/resample.cu`) as differentiable candle ops, which `mgsd-nn` uses on CUDA
+//!   tensors. The softmax attention kernels are not wired into candle yet (the CUDA path
 //!   composes candle ops for that variant).
 #![warn(missing_docs)]
 
@@ -48,6 +49,13 @@ pub const GROUP_NORM_CU: &str = include_str!("kernels/group_norm.cu");
 /// The GroupNorm kernels as PTX, compiled by `build.rs`.
 #[cfg(feature = "cuda")]
 pub const GROUP_NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
+
+/// CUDA C++ source of the pooling, upsampling and LeakyReLU kernels.
+pub const RESAMPLE_CU: &str = include_str!("kernels/resample.cu");
+
+/// The pooling, upsampling and LeakyReLU kernels as PTX, compiled by `build.rs`.
+#[cfg(feature = "cuda")]
+pub const RESAMPLE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/resample.ptx"));
 
 /// The nvcc that compiled `ATTENTION_PTX` (`"none"` without the `cuda` feature).
 pub const BUILT_WITH_NVCC: &str = env!("MGSD_KERNELS_NVCC");

@@ -51,3 +51,26 @@ fn embedded_ptx_has_every_entry() {
 fn carried_ptx_has_every_entry() {
     assert_ptx_complete(include_str!("../gpu/ptx/attention.ptx"), "gpu/ptx/attention.ptx");
 }
+
+/// The argument lists `candle_ops::resample` pushes, as PTX parameter types (`p`ointer and
+/// `l`ong long: .u64, `i`nt: .u32, `f`loat: .f32).
+#[cfg(feature = "cuda")]
+#[test]
+fn resample_ptx_matches_the_launches() {
+    let ptx_type = |c: char| match c {
+        'p' | 'l' => ".u64",
+        'i' => ".u32",
+        _ => ".f32",
+    };
+    for (name, sig) in [
+        ("mgsd_maxpool2x_fwd", "pppliii"),
+        ("mgsd_maxpool2x_bwd", "pppliii"),
+        ("mgsd_upsample2x_fwd", "pppliii"),
+        ("mgsd_upsample2x_bwd", "ppliii"),
+        ("mgsd_leaky_relu_fwd", "pplf"),
+        ("mgsd_leaky_relu_bwd", "ppplf"),
+    ] {
+        let want: Vec<String> = sig.chars().map(|c| ptx_type(c).to_owned()).collect();
+        assert_eq!(entry_params(mgsd_kernels::RESAMPLE_PTX, name), Some(want), "{name}");
+    }
+}

@@ -43,6 +43,10 @@ pub fn leaky_relu(xs: &Tensor, negative_slope: f32) -> Result<Tensor> {
             xs.shape()
         );
     }
+    #[cfg(feature = "cuda")]
+    if xs.device().is_cuda() {
+        return mgsd_kernels::candle_ops::resample::leaky_relu(xs, negative_slope);
+    }
     if !xs.device().is_cpu() {
         return crate::composite::leaky_relu(xs, negative_slope);
     }

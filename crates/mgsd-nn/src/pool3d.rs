@@ -34,6 +34,10 @@ pub fn max_pool3d_2x(xs: &Tensor) -> Result<Tensor> {
     if d < 2 || h < 2 || w < 2 {
         candle_core::bail!("max_pool3d_2x: every spatial size must be ≥ 2, input {:?}", xs.shape());
     }
+    #[cfg(feature = "cuda")]
+    if xs.device().is_cuda() && xs.dtype() == candle_core::DType::F32 {
+        return mgsd_kernels::candle_ops::resample::max_pool3d_2x(xs);
+    }
     if !xs.device().is_cpu() {
         return crate::composite::max_pool3d_2x(xs);
     }

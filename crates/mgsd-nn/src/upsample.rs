@@ -16,6 +16,10 @@ use crate::cpu_f32;
 /// `(N, C, D, H, W)` → `(N, C, 2D, 2H, 2W)`.
 pub fn upsample2x(xs: &Tensor) -> Result<Tensor> {
     cpu_f32::dims5(xs, "upsample2x")?;
+    #[cfg(feature = "cuda")]
+    if xs.device().is_cuda() && xs.dtype() == candle_core::DType::F32 {
+        return mgsd_kernels::candle_ops::resample::upsample2x(xs);
+    }
     if !xs.device().is_cpu() {
         return crate::composite::upsample2x(xs);
     }
@@ -35,6 +39,10 @@ pub fn upsample2x_add(xs: &Tensor, skip: &Tensor) -> Result<Tensor> {
             skip.shape(),
             xs.shape()
         );
+    }
+    #[cfg(feature = "cuda")]
+    if xs.device().is_cuda() && xs.dtype() == candle_core::DType::F32 {
+        return mgsd_kernels::candle_ops::resample::upsample2x_add(xs, skip);
     }
     if !xs.device().is_cpu() {
         return crate::composite::upsample2x(xs)? + skip;

@@ -120,8 +120,11 @@ fn conv3d_matches_the_cpu_in_every_geometry() {
     set_cudnn_tf32(true);
 }
 
+/// GroupNorm, pooling, upsampling and LeakyReLU run `mgsd-kernels`' CUDA ops, the adaptive
+/// pooling a candle composition. The 2-million-element shapes take the kernels' grid-stride
+/// loops through more than one turn.
 #[test]
-fn composed_layers_match_the_cpu_custom_ops() {
+fn gpu_layers_match_the_cpu_custom_ops() {
     for relu in [false, true] {
         check("group_norm", &[&[2, 16, 6, 5, 4], &[16], &[16]], 1e-4, |t| {
             group_norm(&t[0], &t[1], &t[2], 8, 1e-5, relu)
@@ -133,6 +136,11 @@ fn composed_layers_match_the_cpu_custom_ops() {
         upsample2x_add(&t[0], &t[1])
     });
     check("leaky_relu", &[&[3, 7, 11]], 1e-6, |t| leaky_relu(&t[0], 0.2));
+    check("max_pool3d_2x (large)", &[&[1, 8, 64, 64, 65]], 1e-6, |t| max_pool3d_2x(&t[0]));
+    check("upsample2x_add (large)", &[&[1, 8, 32, 32, 32], &[1, 8, 64, 64, 64]], 1e-6, |t| {
+        upsample2x_add(&t[0], &t[1])
+    });
+    check("leaky_relu (large)", &[&[1, 8, 64, 64, 64]], 1e-6, |t| leaky_relu(&t[0], 0.2));
     check("adaptive_avg_pool3d", &[&[1, 32, 20, 24, 16]], 1e-5, |t| {
         adaptive_avg_pool3d(&t[0], [5, 6, 4])
     });

@@ -10,7 +10,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaVie
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::{cuda_only, num_sms, to_i32, view};
+use super::{cuda_only, grid_stride, to_i32, view};
 use crate::launch::Launch;
 
 /// Name under which candle caches the PTX module per device.
@@ -97,11 +97,6 @@ fn func(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     Ok(dev.get_or_load_custom_func(name, MODULE, crate::GROUP_NORM_PTX)?.into_cuda_function())
 }
 
-fn wide(dev: &CudaDevice, total: usize) -> Launch {
-    let blocks = total.div_ceil(THREADS).clamp(1, 32 * num_sms(dev));
-    Launch { grid: [blocks as u32, 1, 1], block: [THREADS as u32, 1, 1], shared_mem_bytes: 0 }
-}
-
 fn small(count: usize) -> Launch {
     Launch { grid: [count.div_ceil(128) as u32, 1, 1], block: [128, 1, 1], shared_mem_bytes: 0 }
 }
@@ -176,7 +171,7 @@ impl CustomOp3 for Forward {
         b.arg(&x).arg(&st).arg(&gamma).arg(&beta).arg(&mut y);
         b.arg(&total).arg(&s).arg(&c).arg(&cg).arg(&relu);
         // SAFETY: arguments as `mgsd_gn_apply` declares; grid-stride loop.
-        unsafe { b.launch(super::config(wide(&dev, g.total()))) }.w()?;
+        unsafe { b.launch(super::config(grid_stride(&dev, g.total()))) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev), lx.shape().clone()))
     }
 
@@ -277,7 +272,7 @@ impl CustomOp3 for Backward {
             b.arg(&x).arg(&dy).arg(&st).arg(&gamma).arg(&beta).arg(&coef).arg(&mut dx);
             b.arg(&total).arg(&s).arg(&c).arg(&cg).arg(&relu);
             // SAFETY: arguments as `mgsd_gn_bwd_apply` declares; grid-stride loop.
-            unsafe { b.launch(super::config(wide(&dev, g.total()))) }.w()?;
+            unsafe { b.launch(super::config(grid_stride(&dev, g.total()))) }.w()?;
         }
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(g.total() + 2 * nc)))
     }

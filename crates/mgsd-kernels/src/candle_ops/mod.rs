@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod group_norm;
+pub mod resample;
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
@@ -35,6 +36,20 @@ fn config(l: Launch) -> LaunchConfig {
         grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
         block_dim: (l.block[0], l.block[1], l.block[2]),
         shared_mem_bytes: l.shared_mem_bytes,
+    }
+}
+
+/// Threads per block of the grid-stride kernels.
+const GRID_STRIDE_THREADS: usize = 256;
+
+/// The launch of a grid-stride kernel over `total` elements: blocks of
+/// [`GRID_STRIDE_THREADS`], at most 32 per multiprocessor.
+fn grid_stride(dev: &CudaDevice, total: usize) -> Launch {
+    let blocks = total.div_ceil(GRID_STRIDE_THREADS).clamp(1, 32 * num_sms(dev));
+    Launch {
+        grid: [blocks as u32, 1, 1],
+        block: [GRID_STRIDE_THREADS as u32, 1, 1],
+        shared_mem_bytes: 0,
     }
 }
 

@@ -1,0 +1,115 @@
+// Runs the kernels of ../src/kernels/resample.cu on the CPU (through cuda_host.h), so that
+// mgsd-nn's test `cuda_kernels_on_host` can compare the CUDA source itself with the CPU twins
+// without a GPU. The grid is deliberately small (3 blocks of 32 threads) so that every
+// grid-stride loop takes several turns.
+//
+// usage: resample_host KERNEL P D H W SLOPE INPUT... OUTPUT...
+//   maxpool_fwd   x            -> y arg        (d, h, w: the forward's input sizes)
+//   maxpool_bwd   dy arg       -> dx
+//   upsample_fwd  x            -> y
+//   upsample_add  x skip       -> y
+//   upsample_bwd  dy           -> dx
+//   leaky_fwd     x            -> y            (n = P·D·H·W elements)
+//   leaky_bwd     x dy         -> dx
+// Files are raw little-endian f32 (arg: u8). Exit status 2 on bad usage or I/O errors.
+#include "cuda_host.h"
+
+#include "../src/kernels/resample.cu"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr unsigned GRID = 3, BLOCK = 32;
+
+[[noreturn]] void fail(const std::string& what) {
+    std::fprintf(stderr, "resample_host: %s\n", what.c_str());
+    std::exit(2);
+}
+
+template <class T>
+std::vector<T> read(const char* path, long long count) {
+    std::vector<T> v(count);
+    FILE* f = std::fopen(path, "rb");
+    if (!f) fail(std::string("cannot open ") + path);
+    if (std::fread(v.data(), sizeof(T), count, f) != (size_t)count) fail(std::string("short ") + path);
+    std::fclose(f);
+    return v;
+}
+
+template <class T>
+void write(const char* path, const std::vector<T>& v) {
+    FILE* f = std::fopen(path, "wb");
+    if (!f) fail(std::string("cannot create ") + path);
+    if (std::fwrite(v.data(), sizeof(T), v.size(), f) != v.size()) fail(std::string("short write ") + path);
+    std::fclose(f);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 9) fail("usage: resample_host KERNEL P D H W SLOPE INPUT... OUTPUT...");
+    const std::string k = argv[1];
+    const long long p = std::atoll(argv[2]);
+    const int d = std::atoi(argv[3]), h = std::atoi(argv[4]), w = std::atoi(argv[5]);
+    const float slope = (float)std::atof(argv[6]);
+    char** io = argv + 7;
+    const int nio = argc - 7;
+    const long long in = p * d * h * w;
+    const long long pooled = p * (d / 2) * (h / 2) * (w / 2);
+    const long long up = 8 * in;
+    auto need = [&](int n) {
+        if (nio != n) fail(k + ": expected " + std::to_string(n) + " files");
+    };
+    if (k == "maxpool_fwd") {
+        need(3);
+        auto x = read<float>(io[0], in);
+        std::vector<float> y(pooled);
+        std::vector<unsigned char> arg(pooled);
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_maxpool2x_fwd(x.data(), y.data(), arg.data(), pooled, d, h, w); });
+        write(io[1], y);
+        write(io[2], arg);
+    } else if (k == "maxpool_bwd") {
+        need(3);
+        auto dy = read<float>(io[0], pooled);
+        auto arg = read<unsigned char>(io[1], pooled);
+        std::vector<float> dx(in);
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_maxpool2x_bwd(dy.data(), arg.data(), dx.data(), in, d, h, w); });
+        write(io[2], dx);
+    } else if (k == "upsample_fwd" || k == "upsample_add") {
+        const bool add = k == "upsample_add";
+        need(add ? 3 : 2);
+        auto x = read<float>(io[0], in);
+        std::vector<float> skip = add ? read<float>(io[1], up) : std::vector<float>();
+        std::vector<float> y(up);
+        const float* s = add ? skip.data() : nullptr;
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_upsample2x_fwd(x.data(), s, y.data(), up, d, h, w); });
+        write(io[add ? 2 : 1], y);
+    } else if (k == "upsample_bwd") {
+        need(2);
+        auto dy = read<float>(io[0], up);
+        std::vector<float> dx(in);
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_upsample2x_bwd(dy.data(), dx.data(), in, d, h, w); });
+        write(io[1], dx);
+    } else if (k == "leaky_fwd") {
+        need(2);
+        auto x = read<float>(io[0], in);
+        std::vector<float> y(in);
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_leaky_relu_fwd(x.data(), y.data(), in, slope); });
+        write(io[1], y);
+    } else if (k == "leaky_bwd") {
+        need(3);
+        auto x = read<float>(io[0], in);
+        auto dy = read<float>(io[1], in);
+        std::vector<float> dx(in);
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_leaky_relu_bwd(x.data(), dy.data(), dx.data(), in, slope); });
+        write(io[2], dx);
+    } else {
+        fail("unknown kernel " + k);
+    }
+    return 0;
+}

@@ -1,0 +1,366 @@
+//! Max pooling 2×2×2, nearest ×2 upsampling (alone or fused with the skip addition) and
+//! LeakyReLU on CUDA tensors, with the kernels of `kernels/resample.cu`, as differentiable
+//! candle ops: the CUDA twins of mgsd-nn's CPU ops of the same names.
+//!
+//! What they save against the candle compositions they replace, per call at the size of the
+//! layer's output `Y`:
+//! - max pooling kept two intermediate maxima (½ and ¼ of the input) and its backward built
+//!   full-size masks; now one byte per output voxel (the window position) is kept;
+//! - upsampling materialised the broadcast copy (8 × the input) and then the sum with the
+//!   skip; now only the sum exists;
+//! - LeakyReLU kept an f32 mask and two products (three × `Y`); now nothing but its input.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::{
+    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor,
+};
+
+use super::{cuda_only, grid_stride, to_i32, view};
+
+/// Name under which candle caches the PTX module per device.
+const MODULE: &str = "mgsd_resample";
+
+fn func(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+    Ok(dev.get_or_load_custom_func(name, MODULE, crate::RESAMPLE_PTX)?.into_cuda_function())
+}
+
+fn f32_5d(x: &Tensor, what: &str) -> Result<[usize; 5]> {
+    if x.dtype() != DType::F32 || !x.device().is_cuda() {
+        bail!("{what} (CUDA): f32 CUDA tensors only, got {:?} on {:?}", x.dtype(), x.device())
+    }
+    let (n, c, d, h, w) = x.dims5()?;
+    Ok([n, c, d, h, w])
+}
+
+/// `(P = N·C, d, h, w)` of a 5-d layout, the spatial sizes as the kernels' `int`s.
+fn planes(l: &Layout) -> Result<(usize, [i32; 3])> {
+    let (n, c, d, h, w) = l.shape().dims5()?;
+    Ok((n * c, [to_i32(d)?, to_i32(h)?, to_i32(w)?]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Max pooling
+
+/// `torch.nn.MaxPool3d(2)` of a `(N, C, D, H, W)` f32 CUDA tensor (every spatial size ≥ 2).
+/// Differentiable; the backward sends each window's gradient to its first maximum, as PyTorch.
+pub fn max_pool3d_2x(x: &Tensor) -> Result<Tensor> {
+    let [_, _, d, h, w] = f32_5d(x, "max_pool3d_2x")?;
+    if d < 2 || h < 2 || w < 2 {
+        bail!("max_pool3d_2x (CUDA): every spatial size must be ≥ 2, input {:?}", x.shape())
+    }
+    x.contiguous()?.apply_op1(MaxPool { argmax: Arc::default() })
+}
+
+/// The forward op; fills `argmax` (one byte per output voxel) for the backward.
+struct MaxPool {
+    argmax: Arc<OnceLock<CudaSlice<u8>>>,
+}
+
+/// `dy` → `dx` of the input shape `input`, from the forward's window positions.
+struct MaxPoolBackward {
+    argmax: Arc<OnceLock<CudaSlice<u8>>>,
+    input: Shape,
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "mgsd-max-pool3d-2x"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name(), "mgsd_nn::max_pool3d_2x")
+    }
+
+    fn cuda_fwd(&self, sx: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = sx.device.clone();
+        let (_, [d, h, w]) = planes(lx)?;
+        let (n, c, ..) = lx.shape().dims5()?;
+        let out = Shape::from((n, c, (d / 2) as usize, (h / 2) as usize, (w / 2) as usize));
+        let total = out.elem_count();
+        let x = view(sx, lx)?;
+        // SAFETY: the kernel writes every element of both.
+        let mut y = unsafe { dev.alloc::<f32>(total) }?;
+        let mut arg = unsafe { dev.alloc::<u8>(total) }?;
+        let f = func(&dev, "mgsd_maxpool2x_fwd")?;
+        let total_i = total as i64;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&x).arg(&mut y).arg(&mut arg).arg(&total_i).arg(&d).arg(&h).arg(&w);
+        // SAFETY: arguments as `mgsd_maxpool2x_fwd` declares; grid-stride loop.
+        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        if self.argmax.set(arg).is_err() {
+            bail!("{}: an op instance runs its forward once", self.name())
+        }
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), out))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let op = MaxPoolBackward { argmax: self.argmax.clone(), input: x.shape().clone() };
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+impl CustomOp1 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "mgsd-max-pool3d-2x-bwd"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name(), "mgsd_nn::max_pool3d_2x")
+    }
+
+    fn cuda_fwd(&self, sdy: &CudaStorage, ldy: &Layout) -> Result<(CudaStorage, Shape)> {
+        let Some(arg) = self.argmax.get() else {
+            bail!("{}: the forward has not run", self.name())
+        };
+        let dev = sdy.device.clone();
+        let in_layout = Layout::contiguous(self.input.clone());
+        let (_, [d, h, w]) = planes(&in_layout)?;
+        let total = self.input.elem_count();
+        let dy = view(sdy, ldy)?;
+        // SAFETY: the kernel writes every element.
+        let mut dx = unsafe { dev.alloc::<f32>(total) }?;
+        let f = func(&dev, "mgsd_maxpool2x_bwd")?;
+        let total_i = total as i64;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&dy).arg(arg).arg(&mut dx).arg(&total_i).arg(&d).arg(&h).arg(&w);
+        // SAFETY: arguments as `mgsd_maxpool2x_bwd` declares; grid-stride loop.
+        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(dx, dev), self.input.clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upsampling
+
+/// Nearest ×2 upsampling of a `(N, C, D, H, W)` f32 CUDA tensor. Differentiable.
+pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
+    f32_5d(x, "upsample2x")?;
+    x.contiguous()?.apply_op1(Upsample)
+}
+
+/// `upsample2x(x) + skip` as one op, `skip` of shape `(N, C, 2D, 2H, 2W)`. Differentiable in
+/// both.
+pub fn upsample2x_add(x: &Tensor, skip: &Tensor) -> Result<Tensor> {
+    let [n, c, d, h, w] = f32_5d(x, "upsample2x_add")?;
+    if f32_5d(skip, "upsample2x_add")? != [n, c, 2 * d, 2 * h, 2 * w] {
+        bail!(
+            "upsample2x_add (CUDA): skip {:?} must be x {:?} with doubled spatial sizes",
+            skip.shape(),
+            x.shape()
+        )
+    }
+    x.contiguous()?.apply_op2(&skip.contiguous()?, Upsample)
+}
+
+/// The forward op (one struct for both arities).
+struct Upsample;
+
+/// `dy` → `dx`, the sum of each 2×2×2 block, for an input of shape `.0`.
+struct UpsampleBackward(Shape);
+
+fn upsample_forward(
+    sx: &CudaStorage,
+    lx: &Layout,
+    skip: Option<(&CudaStorage, &Layout)>,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = sx.device.clone();
+    let (_, [d, h, w]) = planes(lx)?;
+    let (n, c, ..) = lx.shape().dims5()?;
+    let out = Shape::from((n, c, 2 * d as usize, 2 * h as usize, 2 * w as usize));
+    let total = out.elem_count();
+    let x = view(sx, lx)?;
+    let skip = skip.map(|(s, l)| view(s, l)).transpose()?;
+    // SAFETY: the kernel writes every element.
+    let mut y = unsafe { dev.alloc::<f32>(total) }?;
+    let f = func(&dev, "mgsd_upsample2x_fwd")?;
+    let total_i = total as i64;
+    let null = 0u64;
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    b.arg(&x);
+    match &skip {
+        Some(s) => b.arg(s),
+        None => b.arg(&null),
+    };
+    b.arg(&mut y).arg(&total_i).arg(&d).arg(&h).arg(&w);
+    // SAFETY: arguments as `mgsd_upsample2x_fwd` declares (a null `skip` is allowed);
+    // grid-stride loop.
+    unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(y, dev), out))
+}
+
+fn upsample_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    dy.contiguous()?.apply_op1_no_bwd(&UpsampleBackward(x.shape().clone()))
+}
+
+impl CustomOp1 for Upsample {
+    fn name(&self) -> &'static str {
+        "mgsd-upsample-nearest-2x"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cuda_only(CustomOp1::name(self), "mgsd_nn::upsample2x")
+    }
+
+    fn cuda_fwd(&self, sx: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+        upsample_forward(sx, lx, None)
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(upsample_backward(x, dy)?))
+    }
+}
+
+impl CustomOp2 for Upsample {
+    fn name(&self) -> &'static str {
+        "mgsd-upsample-nearest-2x-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cuda_only(CustomOp2::name(self), "mgsd_nn::upsample2x_add")
+    }
+
+    fn cuda_fwd(
+        &self,
+        sx: &CudaStorage,
+        lx: &Layout,
+        ss: &CudaStorage,
+        ls: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        upsample_forward(sx, lx, Some((ss, ls)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _skip: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(upsample_backward(x, dy)?), Some(dy.clone())))
+    }
+}
+
+impl CustomOp1 for UpsampleBackward {
+    fn name(&self) -> &'static str {
+        "mgsd-upsample-nearest-2x-bwd"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name(), "mgsd_nn::upsample2x")
+    }
+
+    fn cuda_fwd(&self, sdy: &CudaStorage, ldy: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = sdy.device.clone();
+        let (_, [d, h, w]) = planes(&Layout::contiguous(self.0.clone()))?;
+        let total = self.0.elem_count();
+        let dy = view(sdy, ldy)?;
+        // SAFETY: the kernel writes every element.
+        let mut dx = unsafe { dev.alloc::<f32>(total) }?;
+        let f = func(&dev, "mgsd_upsample2x_bwd")?;
+        let total_i = total as i64;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&dy).arg(&mut dx).arg(&total_i).arg(&d).arg(&h).arg(&w);
+        // SAFETY: arguments as `mgsd_upsample2x_bwd` declares; grid-stride loop.
+        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(dx, dev), self.0.clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LeakyReLU
+
+/// `x > 0 ? x : slope·x` of an f32 CUDA tensor of any shape. Differentiable (gradient `slope`
+/// at 0, as PyTorch).
+pub fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || !x.device().is_cuda() {
+        bail!("leaky_relu (CUDA): f32 CUDA tensors only, got {:?} on {:?}", x.dtype(), x.device())
+    }
+    x.contiguous()?.apply_op1(LeakyRelu(slope))
+}
+
+/// The forward op.
+struct LeakyRelu(f32);
+
+/// `(x, dy)` → `dx`.
+struct LeakyReluBackward(f32);
+
+impl CustomOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "mgsd-leaky-relu"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name(), "mgsd_nn::leaky_relu")
+    }
+
+    fn cuda_fwd(&self, sx: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = sx.device.clone();
+        let total = lx.shape().elem_count();
+        let x = view(sx, lx)?;
+        // SAFETY: the kernel writes every element.
+        let mut y = unsafe { dev.alloc::<f32>(total) }?;
+        let f = func(&dev, "mgsd_leaky_relu_fwd")?;
+        let total_i = total as i64;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&x).arg(&mut y).arg(&total_i).arg(&self.0);
+        // SAFETY: arguments as `mgsd_leaky_relu_fwd` declares; grid-stride loop.
+        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), lx.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &LeakyReluBackward(self.0))?))
+    }
+}
+
+impl CustomOp2 for LeakyReluBackward {
+    fn name(&self) -> &'static str {
+        "mgsd-leaky-relu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name(), "mgsd_nn::leaky_relu")
+    }
+
+    fn cuda_fwd(
+        &self,
+        sx: &CudaStorage,
+        lx: &Layout,
+        sdy: &CudaStorage,
+        ldy: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = sx.device.clone();
+        let total = lx.shape().elem_count();
+        let (x, dy) = (view(sx, lx)?, view(sdy, ldy)?);
+        // SAFETY: the kernel writes every element.
+        let mut dx = unsafe { dev.alloc::<f32>(total) }?;
+        let f = func(&dev, "mgsd_leaky_relu_bwd")?;
+        let total_i = total as i64;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&x).arg(&dy).arg(&mut dx).arg(&total_i).arg(&self.0);
+        // SAFETY: arguments as `mgsd_leaky_relu_bwd` declares; grid-stride loop.
+        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(dx, dev), lx.shape().clone()))
+    }
+}
