@@ -1,7 +1,7 @@
 // Just enough of CUDA's built-ins to compile a grid-stride kernel file as plain C++ and run it
 // on the CPU, one emulated thread after another. Only for kernels without shared memory,
-// synchronisation, warp intrinsics or atomics (kernels/resample.cu is written that way), where
-// a sequential run computes exactly what the GPU does. Used by resample_host.cpp.
+// synchronisation, warp intrinsics or atomics (kernels/resample.cu and conv_epilogue.cu are written that way), where
+// a sequential run computes exactly what the GPU does. Used by kernels_host.cpp.
 #pragma once
 
 struct mgsd_dim3 {

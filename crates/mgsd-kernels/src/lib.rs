@@ -23,9 +23,10 @@
 //!   CUDA backend.
 //!
 //! - `cuda` also builds [`candle_ops`]: the no-softmax attention kernels, the GroupNorm
-//!   kernels (`kernels/group_norm.cu`) and the pooling, upsampling and LeakyReLU kernels
-//!   (`kernels/resample.cu`) as differentiable candle ops, which `mgsd-nn` uses on CUDA
-//!   tensors. The softmax attention kernels are not wired into candle yet (the CUDA path
+//!   kernels (`kernels/group_norm.cu`), the pooling, upsampling and LeakyReLU kernels
+//!   (`kernels/resample.cu`) as differentiable candle ops, and the in-place epilogue of the
+//!   cuDNN Conv3d (`kernels/conv_epilogue.cu`); `mgsd-nn` uses them on CUDA tensors. The
+//!   softmax attention kernels are not wired into candle yet (the CUDA path
 //!   composes candle ops for that variant).
 #![warn(missing_docs)]
 
@@ -56,6 +57,13 @@ pub const RESAMPLE_CU: &str = include_str!("kernels/resample.cu");
 /// The pooling, upsampling and LeakyReLU kernels as PTX, compiled by `build.rs`.
 #[cfg(feature = "cuda")]
 pub const RESAMPLE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/resample.ptx"));
+
+/// CUDA C++ source of the Conv3d epilogue (bias and residual added in place).
+pub const CONV_EPILOGUE_CU: &str = include_str!("kernels/conv_epilogue.cu");
+
+/// The Conv3d epilogue kernels as PTX, compiled by `build.rs`.
+#[cfg(feature = "cuda")]
+pub const CONV_EPILOGUE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/conv_epilogue.ptx"));
 
 /// The nvcc that compiled `ATTENTION_PTX` (`"none"` without the `cuda` feature).
 pub const BUILT_WITH_NVCC: &str = env!("MGSD_KERNELS_NVCC");

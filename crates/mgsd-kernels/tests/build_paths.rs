@@ -52,11 +52,11 @@ fn carried_ptx_has_every_entry() {
     assert_ptx_complete(include_str!("../gpu/ptx/attention.ptx"), "gpu/ptx/attention.ptx");
 }
 
-/// The argument lists `candle_ops::resample` pushes, as PTX parameter types (`p`ointer and
-/// `l`ong long: .u64, `i`nt: .u32, `f`loat: .f32).
+/// The argument lists `candle_ops::resample` and `candle_ops::conv_epilogue` push, as PTX
+/// parameter types (`p`ointer and `l`ong long: .u64, `i`nt: .u32, `f`loat: .f32).
 #[cfg(feature = "cuda")]
 #[test]
-fn resample_ptx_matches_the_launches() {
+fn resample_and_epilogue_ptx_match_the_launches() {
     let ptx_type = |c: char| match c {
         'p' | 'l' => ".u64",
         'i' => ".u32",
@@ -72,5 +72,13 @@ fn resample_ptx_matches_the_launches() {
     ] {
         let want: Vec<String> = sig.chars().map(|c| ptx_type(c).to_owned()).collect();
         assert_eq!(entry_params(mgsd_kernels::RESAMPLE_PTX, name), Some(want), "{name}");
+    }
+    for (name, sig) in [
+        ("mgsd_conv_bias_add", "pplli"),
+        ("mgsd_conv_bias_residual_add", "ppplli"),
+        ("mgsd_conv_residual_add", "ppl"),
+    ] {
+        let want: Vec<String> = sig.chars().map(|c| ptx_type(c).to_owned()).collect();
+        assert_eq!(entry_params(mgsd_kernels::CONV_EPILOGUE_PTX, name), Some(want), "{name}");
     }
 }

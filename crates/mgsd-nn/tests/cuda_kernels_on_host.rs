@@ -1,9 +1,10 @@
 //! The CUDA source of the pooling, upsampling and LeakyReLU kernels
 //! (`mgsd-kernels/src/kernels/resample.cu`), compiled as plain C++ with
 //! `mgsd-kernels/host/cuda_host.h` and run on the CPU, must compute bit for bit what this
-//! crate's CPU ops compute, forward and backward. Those kernels use no shared memory,
-//! synchronisation or atomics, so running their threads one after another is exact; this is
-//! how CPU CI checks GPU code that it cannot launch.
+//! crate's CPU ops compute, forward and backward; the cuDNN Conv3d's epilogue
+//! (`conv_epilogue.cu`) must add bias and residual exactly as `y + (b[c] + r)`. Those kernels
+//! use no shared memory, synchronisation or atomics, so running their threads one after
+//! another is exact; this is how CPU CI checks GPU code that it cannot launch.
 //!
 //! Needs a C++17 compiler (`$CXX`, else `c++`). Without one the test is skipped with a message,
 //! except under `CI`, where it fails.
@@ -14,23 +15,23 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor, Var};
 
-/// Compiles `resample_host` once per test binary; `None` when no compiler is available.
+/// Compiles `kernels_host` once per test binary; `None` when no compiler is available.
 fn driver() -> Option<&'static Path> {
     static DRIVER: OnceLock<Option<PathBuf>> = OnceLock::new();
     DRIVER
         .get_or_init(|| {
             let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mgsd-kernels/host");
-            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("resample_host");
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernels_host");
             let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_owned());
             let status = Command::new(&cxx)
                 .args(["-std=c++17", "-O1", "-Wall", "-Werror", "-o"])
                 .arg(&out)
-                .arg(host.join("resample_host.cpp"))
+                .arg(host.join("kernels_host.cpp"))
                 .status();
             match status {
                 Ok(s) if s.success() => Some(out),
                 Ok(s) => {
-                    panic!("{cxx} failed ({s}) on {}", host.join("resample_host.cpp").display())
+                    panic!("{cxx} failed ({s}) on {}", host.join("kernels_host.cpp").display())
                 }
                 Err(e) if std::env::var_os("CI").is_none() => {
                     eprintln!("skipped: no C++ compiler ({cxx}: {e}); set CXX to run this test");
@@ -178,4 +179,43 @@ fn leaky_relu_matches_the_cpu_op() {
     assert_same("leaky forward", &y, &run("leaky_fwd", dims, 0.2, &[bytes(x.as_tensor())], 1)[0]);
     let host = run("leaky_bwd", dims, 0.2, &[bytes(x.as_tensor()), bytes(&dy)], 1);
     assert_same("leaky backward", dx.get(&x).unwrap(), &host[0]);
+}
+
+#[test]
+fn conv_epilogue_adds_bias_and_residual_per_channel() {
+    if driver().is_none() {
+        return;
+    }
+    let (n, c, s) = (2, 5, 37);
+    let total = n * c * s;
+    let y = values(total, 21, None);
+    let b = values(c, 22, None);
+    let r = values(total, 23, None);
+    let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let dims = [n, c, s, 1];
+    for (kernel, bias, res) in [
+        ("conv_bias_add", true, false),
+        ("conv_bias_residual_add", true, true),
+        ("conv_residual_add", false, true),
+    ] {
+        let want: Vec<f32> = (0..total)
+            .map(|i| {
+                let add = match (bias, res) {
+                    (true, true) => b[(i / s) % c] + r[i],
+                    (true, false) => b[(i / s) % c],
+                    _ => r[i],
+                };
+                y[i] + add
+            })
+            .collect();
+        let mut inputs = vec![raw(&y)];
+        if bias {
+            inputs.push(raw(&b));
+        }
+        if res {
+            inputs.push(raw(&r));
+        }
+        let host = run(kernel, dims, 0.0, &inputs, 1);
+        assert_same(kernel, &tensor(want, &[total]), &host[0]);
+    }
 }

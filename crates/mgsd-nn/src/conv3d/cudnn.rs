@@ -2,8 +2,10 @@
 //! filter gradient as three candle custom ops, like PyTorch's `cudnn_convolution` and its two
 //! backward kernels. candle's own CUDA conv backward is a naive kernel; it is not used.
 //!
-//! The bias and the residual are added by candle ops around the convolution (on the GPU they
-//! are memory-bound passes that cost little beside the convolution). Algorithms come from
+//! The bias and the residual are added in place on the convolution's output by a small kernel
+//! of `mgsd-kernels` (`conv_epilogue`), so they cost no extra tensor in the autograd graph;
+//! as on the CPU path, weight and bias travel as one flat operand `[w…, b…]` and candle's
+//! autograd splits the gradient back. Algorithms come from
 //! cuDNN's heuristics (`cudnnGetConvolution*Algorithm_v7`), which is what PyTorch does with
 //! `torch.backends.cudnn.benchmark = False`, its default. TF32 tensor-core math is allowed by
 //! default, as in PyTorch (`torch.backends.cudnn.allow_tf32 = True`); [`set_cudnn_tf32`] turns
@@ -21,7 +23,10 @@ use candle_core::cuda_backend::cudarc::cudnn::safe::{
 use candle_core::cuda_backend::cudarc::cudnn::sys;
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
-use candle_core::{bail, CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
+use mgsd_kernels::candle_ops::conv_epilogue;
 
 use mgsd_kernels::candle_ops::view;
 
@@ -122,14 +127,68 @@ fn prepare(s: &CudaStorage, g: &ConvGeom) -> Result<(CudaDevice, Descs)> {
     Ok((dev, d))
 }
 
-/// `y = conv(x, w)`; operands `x` `(N, Cin, D, H, W)` and `w` `(Cout, Cin, kd, kh, kw)`.
-pub(super) struct CudnnForward(pub ConvGeom);
+/// `y = conv(x, w) + b`; operands `x` `(N, Cin, D, H, W)` and the flat `[w…, b…]`.
+struct CudnnForward(ConvGeom);
 
-/// `dx` from `dy` and `w`.
+/// `y = conv(x, w) + b + r`; operands `x`, the flat `[w…, b…]` and the residual `r`.
+struct CudnnForwardAdd(ConvGeom);
+
+/// `dx` from `dy` and the flat `[w…, b…]`.
 struct CudnnBackwardData(ConvGeom);
 
-/// `dw` from `dy` and `x`.
+/// `dw` (flat, without the bias) from `dy` and `x`.
 struct CudnnBackwardFilter(ConvGeom);
+
+/// Elements of the weight in the flat operand.
+fn weight_len(g: &ConvGeom) -> usize {
+    g.cout * g.k_rows()
+}
+
+/// The convolution, then the epilogue (bias, residual) in place.
+fn forward_into(
+    g: &ConvGeom,
+    (sx, lx): (&CudaStorage, &Layout),
+    (swb, lwb): (&CudaStorage, &Layout),
+    residual: Option<(&CudaStorage, &Layout)>,
+) -> Result<(CudaStorage, Shape)> {
+    let (dev, d) = prepare(sx, g)?;
+    let x = view(sx, lx)?;
+    let wb = view(swb, lwb)?;
+    let w = wb.slice(..weight_len(g));
+    let op = ConvForward { conv: &d.conv, x: &d.x, w: &d.w, y: &d.y };
+    let algo = op.pick_algorithm()?;
+    let mut ws = workspace(&dev, op.get_workspace_size(algo)?)?;
+    let out_shape = g.out_shape();
+    // SAFETY: cuDNN overwrites all of `y` (beta = 0).
+    let mut y = unsafe { dev.alloc::<f32>(out_shape.elem_count()) }?;
+    // SAFETY: the operands match the descriptors: contiguous f32 of the geometry's shapes.
+    unsafe { op.launch(algo, ws.as_mut(), (1.0, 0.0), &x, &w, &mut y) }?;
+    let bias = g.has_bias.then(|| wb.slice(weight_len(g)..));
+    let r = residual.map(|(s, l)| view(s, l)).transpose()?;
+    conv_epilogue::bias_residual_add(
+        &dev,
+        &mut y,
+        bias.as_ref(),
+        r.as_ref(),
+        (g.out_spatial(), g.cout),
+    )?;
+    Ok((CudaStorage::wrap_cuda_slice(y, dev), out_shape))
+}
+
+/// Gradients of `x` and of the flat `[w…, b…]`.
+fn backward(
+    g: ConvGeom,
+    x: &Tensor,
+    wb: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (dx, dw) = super::conv_bwd(x, wb, grad, &CudnnBackwardData(g), &CudnnBackwardFilter(g))?;
+    let dwb = match dw {
+        Some(dw) if g.has_bias => Some(Tensor::cat(&[&dw, &grad.sum((0, 2, 3, 4))?], 0)?),
+        dw => dw,
+    };
+    Ok((dx, dwb))
+}
 
 impl CustomOp2 for CudnnForward {
     fn name(&self) -> &'static str {
@@ -153,29 +212,59 @@ impl CustomOp2 for CudnnForward {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let g = &self.0;
-        let (dev, d) = prepare(s1, g)?;
-        let x = view(s1, l1)?;
-        let w = view(s2, l2)?;
-        let op = ConvForward { conv: &d.conv, x: &d.x, w: &d.w, y: &d.y };
-        let algo = op.pick_algorithm()?;
-        let mut ws = workspace(&dev, op.get_workspace_size(algo)?)?;
-        let out_shape = g.out_shape();
-        // SAFETY: cuDNN overwrites all of `y` (beta = 0).
-        let mut y = unsafe { dev.alloc::<f32>(out_shape.elem_count()) }?;
-        // SAFETY: the operands match the descriptors: contiguous f32 of the geometry's shapes.
-        unsafe { op.launch(algo, ws.as_mut(), (1.0, 0.0), &x, &w, &mut y) }?;
-        Ok((CudaStorage::wrap_cuda_slice(y, dev), out_shape))
+        forward_into(&self.0, (s1, l1), (s2, l2), None)
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        w: &Tensor,
+        wb: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        super::conv_bwd(x, w, grad, &CudnnBackwardData(self.0), &CudnnBackwardFilter(self.0))
+        backward(self.0, x, wb, grad)
+    }
+}
+
+impl CustomOp3 for CudnnForwardAdd {
+    fn name(&self) -> &'static str {
+        "conv3d-cudnn-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        forward_into(&self.0, (s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wb: &Tensor,
+        r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dwb) = backward(self.0, x, wb, grad)?;
+        Ok((dx, dwb, r.track_op().then(|| grad.clone())))
     }
 }
 
@@ -204,7 +293,8 @@ impl CustomOp2 for CudnnBackwardData {
         let g = &self.0;
         let (dev, d) = prepare(s1, g)?;
         let dy = view(s1, l1)?;
-        let w = view(s2, l2)?;
+        let wb = view(s2, l2)?;
+        let w = wb.slice(..weight_len(g));
         let op = ConvBackwardData { conv: &d.conv, dx: &d.x, w: &d.w, dy: &d.y };
         let algo = op.pick_algorithm()?;
         let mut ws = workspace(&dev, op.get_workspace_size(algo)?)?;
@@ -247,8 +337,7 @@ impl CustomOp2 for CudnnBackwardFilter {
         let op = ConvBackwardFilter { conv: &d.conv, x: &d.x, dw: &d.w, dy: &d.y };
         let algo = op.pick_algorithm()?;
         let mut ws = workspace(&dev, op.get_workspace_size(algo)?)?;
-        let [k0, k1, k2] = g.kernel;
-        let shape = Shape::from((g.cout, g.cin, k0, k1, k2));
+        let shape = Shape::from(weight_len(g));
         // SAFETY: cuDNN overwrites all of `dw` (beta = 0).
         let mut dw = unsafe { dev.alloc::<f32>(shape.elem_count()) }?;
         // SAFETY: as in the forward.
@@ -268,13 +357,14 @@ pub(super) fn forward(
     if x.dtype() != DType::F32 {
         bail!("conv3d (cuDNN): only f32 is supported, got {:?}", x.dtype())
     }
-    let y = x.contiguous()?.apply_op2(&weight.contiguous()?, CudnnForward(g))?;
-    let y = match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, g.cout, 1, 1, 1))?)?,
-        None => y,
+    let w = weight.flatten_all()?;
+    let wb = match bias {
+        Some(b) => Tensor::cat(&[&w, b], 0)?,
+        None => w.contiguous()?,
     };
+    let x = x.contiguous()?;
     match residual {
-        Some(r) => y + r,
-        None => Ok(y),
+        Some(r) => x.apply_op3(&wb, &r.contiguous()?, CudnnForwardAdd(g)),
+        None => x.apply_op2(&wb, CudnnForward(g)),
     }
 }

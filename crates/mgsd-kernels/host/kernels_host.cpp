@@ -1,9 +1,9 @@
-// Runs the kernels of ../src/kernels/resample.cu on the CPU (through cuda_host.h), so that
-// mgsd-nn's test `cuda_kernels_on_host` can compare the CUDA source itself with the CPU twins
-// without a GPU. The grid is deliberately small (3 blocks of 32 threads) so that every
+// Runs the kernels of ../src/kernels/resample.cu and conv_epilogue.cu on the CPU (through
+// cuda_host.h), so that mgsd-nn's test `cuda_kernels_on_host` can compare the CUDA source
+// itself with the CPU twins without a GPU. The grid is deliberately small (3 blocks of 32 threads) so that every
 // grid-stride loop takes several turns.
 //
-// usage: resample_host KERNEL P D H W SLOPE INPUT... OUTPUT...
+// usage: kernels_host KERNEL P D H W SLOPE INPUT... OUTPUT...
 //   maxpool_fwd   x            -> y arg        (d, h, w: the forward's input sizes)
 //   maxpool_bwd   dy arg       -> dx
 //   upsample_fwd  x            -> y
@@ -11,9 +11,13 @@
 //   upsample_bwd  dy           -> dx
 //   leaky_fwd     x            -> y            (n = P·D·H·W elements)
 //   leaky_bwd     x dy         -> dx
+//   conv_bias_add           y bias     -> y   (P = N, D = C, H = S, W = 1)
+//   conv_bias_residual_add  y bias r   -> y
+//   conv_residual_add       y r        -> y
 // Files are raw little-endian f32 (arg: u8). Exit status 2 on bad usage or I/O errors.
 #include "cuda_host.h"
 
+#include "../src/kernels/conv_epilogue.cu"
 #include "../src/kernels/resample.cu"
 
 #include <cstdio>
@@ -27,7 +31,7 @@ namespace {
 constexpr unsigned GRID = 3, BLOCK = 32;
 
 [[noreturn]] void fail(const std::string& what) {
-    std::fprintf(stderr, "resample_host: %s\n", what.c_str());
+    std::fprintf(stderr, "kernels_host: %s\n", what.c_str());
     std::exit(2);
 }
 
@@ -52,7 +56,7 @@ void write(const char* path, const std::vector<T>& v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 9) fail("usage: resample_host KERNEL P D H W SLOPE INPUT... OUTPUT...");
+    if (argc < 9) fail("usage: kernels_host KERNEL P D H W SLOPE INPUT... OUTPUT...");
     const std::string k = argv[1];
     const long long p = std::atoll(argv[2]);
     const int d = std::atoi(argv[3]), h = std::atoi(argv[4]), w = std::atoi(argv[5]);
@@ -108,6 +112,19 @@ int main(int argc, char** argv) {
         std::vector<float> dx(in);
         mgsd_launch(GRID, BLOCK, [&] { mgsd_leaky_relu_bwd(x.data(), dy.data(), dx.data(), in, slope); });
         write(io[2], dx);
+    } else if (k == "conv_bias_add" || k == "conv_bias_residual_add" || k == "conv_residual_add") {
+        // y (N, C, S) with N = p, C = d, S = h.
+        const bool bias = k != "conv_residual_add", res = k != "conv_bias_add";
+        need(1 + bias + res + 1);
+        auto y = read<float>(io[0], in);
+        auto b = bias ? read<float>(io[1], d) : std::vector<float>();
+        auto r = res ? read<float>(io[1 + bias], in) : std::vector<float>();
+        mgsd_launch(GRID, BLOCK, [&] {
+            if (bias && res) mgsd_conv_bias_residual_add(y.data(), b.data(), r.data(), in, h, d);
+            else if (bias) mgsd_conv_bias_add(y.data(), b.data(), in, h, d);
+            else mgsd_conv_residual_add(y.data(), r.data(), in);
+        });
+        write(io[1 + bias + res], y);
     } else {
         fail("unknown kernel " + k);
     }
