@@ -25,9 +25,9 @@
 //! - `cuda` also builds [`candle_ops`]: the no-softmax attention kernels, the GroupNorm
 //!   kernels (`kernels/group_norm.cu`), the pooling, upsampling and LeakyReLU kernels
 //!   (`kernels/resample.cu`) as differentiable candle ops, and the in-place epilogue of the
-//!   cuDNN Conv3d (`kernels/conv_epilogue.cu`); `mgsd-nn` uses them on CUDA tensors. The
-//!   softmax attention kernels are not wired into candle yet (the CUDA path
-//!   composes candle ops for that variant).
+//!   cuDNN Conv3d (`kernels/conv_epilogue.cu`); `mgsd-nn` uses them on CUDA tensors. Both
+//!   attention variants are candle ops (`candle_ops::attention`,
+//!   `candle_ops::softmax_attention`), f32 only.
 #![warn(missing_docs)]
 
 #[cfg(feature = "cuda")]

@@ -2,13 +2,13 @@
 //! built for "many queries, few keys": the queries are the voxels of a style map (`patch/8`,
 //! 7 680 for the reference patch, up to ~10⁵), the keys a modality's token grid (≤ 1 024).
 //!
-//! [`cross_attention`] is the single entry point a fused CUDA kernel replaces behind the `cuda`
-//! feature; this CPU version is its twin in the tests. The no-softmax variant is a composition
-//! of differentiable candle matmuls. The softmax variant is, on the CPU, a fused custom op with
-//! its own backward (`softmax_attention.rs`, never stores the `Nq × Nk` probabilities); on
-//! other devices, until the CUDA kernel lands, a composition with [`candle_nn::ops::softmax`]
-//! (not `softmax_last_dim`, which has no backward). Tests assert that gradients reach `q`, `k`
-//! and `v` in every path.
+//! [`cross_attention`] is the single entry point; behind the `cuda` feature, CUDA tensors with
+//! head dim 32 or 64 go to `mgsd-kernels`' fused ops (both variants), and this CPU version is
+//! their twin in the tests. The no-softmax variant is a composition of differentiable candle
+//! matmuls. The softmax variant is, on the CPU, a fused custom op with its own backward
+//! (`softmax_attention.rs`, never stores the `Nq × Nk` probabilities); on other devices and
+//! head dims, a composition with [`candle_nn::ops::softmax`] (not `softmax_last_dim`, which
+//! has no backward). Tests assert that gradients reach `q`, `k` and `v` in every path.
 //!
 //! The reference attention has no softmax: `attn = (q kᵀ)·scale`, `out = attn v`. Here it is
 //! computed as `q (kᵀ v)·scale`, mathematically equal and linear in the number of queries
@@ -70,6 +70,13 @@ pub fn cross_attention(
             let kv = (k.t()?.matmul(&v)? * scale)?;
             // (B, h, Nq, dh) · (B, h, dh, dh) → (B, h, Nq, dh)
             q.matmul(&kv)
+        }
+        #[cfg(feature = "cuda")]
+        AttentionVariant::Softmax
+            if q.device().is_cuda()
+                && mgsd_kernels::candle_ops::attention::supports_head_dim(dh) =>
+        {
+            mgsd_kernels::candle_ops::softmax_attention::softmax_attention(&q, &k, &v, scale as f32)
         }
         AttentionVariant::Softmax if q.device().is_cpu() => {
             crate::softmax_attention::softmax_attention(&q, &k, &v, scale)

@@ -119,7 +119,7 @@ fn times_kv(
 }
 
 /// `(B·H, N, dh)` of a `(B, H, N, dh)` layout.
-fn heads(l: &Layout) -> Result<(usize, usize, usize)> {
+pub(super) fn heads(l: &Layout) -> Result<(usize, usize, usize)> {
     let (b, h, n, dh) = l.shape().dims4()?;
     Ok((b * h, n, dh))
 }

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod conv_epilogue;
 pub mod group_norm;
 pub mod resample;
+pub mod softmax_attention;
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
