@@ -360,6 +360,53 @@ pub fn conv3d_forward(
     }
 }
 
+/// Gradients of `conv(x, weight) + bias` with respect to `x`, `weight` and `bias`, from the
+/// output gradient `dy`, computed now rather than by autograd. For ops that do not keep the
+/// convolution's input and rebuild it in their backward (`gn_conv`).
+///
+/// # Shapes
+/// As [`conv3d_forward`]; `dy` has the output's shape. Returns `(dx, dweight, dbias)`.
+pub(crate) fn conv3d_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    dy: &Tensor,
+    cfg: &Conv3dConfig,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let g = ConvGeom::new(x.dims(), weight.dims(), cfg, bias.is_some())?;
+    if dy.shape() != &g.out_shape() {
+        bail!(
+            "conv3d: output gradient {:?} does not match the output {:?}",
+            dy.dims(),
+            g.out_shape().dims()
+        )
+    }
+    let (x, dy) = (x.contiguous()?, dy.contiguous()?);
+    match x.device() {
+        candle_core::Device::Cpu => {}
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(_) => return cudnn::gradients(g, &x, weight, bias, &dy),
+        other => bail!(
+            "conv3d: no kernel for device {:?} (CUDA needs the `cuda` feature)",
+            other.location()
+        ),
+    }
+    let w = weight.reshape((g.cout, g.k_rows()))?;
+    let wb = match bias {
+        Some(b) => Tensor::cat(&[&w, &b.reshape((g.cout, 1))?], 1)?,
+        None => w.contiguous()?,
+    };
+    let dx = dy.apply_op2_no_bwd(&wb, &Conv3dBwdInput(g))?;
+    // (Cout, K [+ 1]): the bias gradient is the last column.
+    let dwb = dy.apply_op2_no_bwd(&x, &Conv3dBwdWeight(g))?;
+    let dw = dwb.narrow(1, 0, g.k_rows())?.reshape(weight.shape())?;
+    let db = match bias {
+        Some(_) => Some(dwb.narrow(1, g.k_rows(), 1)?.flatten_all()?),
+        None => None,
+    };
+    Ok((dx, dw, db))
+}
+
 /// A 3-D convolution layer with PyTorch's parameter names (`weight`, `bias`).
 #[derive(Debug, Clone)]
 pub struct Conv3d {

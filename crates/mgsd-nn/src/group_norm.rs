@@ -65,6 +65,11 @@ impl GroupNorm {
         group_norm(xs, &self.weight, &self.bias, self.num_groups, self.eps, true)
     }
 
+    /// The ε inside the square root.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     /// The scale γ, shape `(C,)`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -125,6 +130,35 @@ pub fn group_norm(
     }
     let op = GroupNormOp { num_groups, eps, relu, stats: OnceLock::new() };
     xs.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// Gradients of [`group_norm`] with respect to `xs`, `weight` and `bias`, from the output
+/// gradient `dy`, computed now rather than by autograd (the statistics are recomputed from
+/// `xs`). For ops that rebuild a GroupNorm output in their backward instead of keeping it
+/// (`gn_conv`). Returns `(dx, dweight, dbias)`.
+pub(crate) fn group_norm_backward(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    dy: &Tensor,
+    num_groups: usize,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if xs.device().is_cuda() {
+        use mgsd_kernels::candle_ops::group_norm as cuda;
+        return cuda::group_norm_backward(xs, weight, bias, dy, num_groups, eps, relu);
+    }
+    if !xs.device().is_cpu() {
+        bail!("group_norm_backward: CPU and CUDA only, got {:?}", xs.device())
+    }
+    let op = GroupNormOp { num_groups, eps, relu, stats: OnceLock::new() };
+    let xs = xs.contiguous()?;
+    match op.bwd(&xs, weight, bias, &xs, &dy.contiguous()?)? {
+        (Some(dx), Some(dw), Some(db)) => Ok((dx, dw, db)),
+        _ => bail!("group_norm_backward: the op returned no gradient"),
+    }
 }
 
 /// The custom op; keeps the forward's `(mean, rstd)` per `(n, group)` for the backward.

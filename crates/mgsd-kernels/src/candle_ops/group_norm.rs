@@ -50,6 +50,27 @@ pub fn group_norm(
     x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
 }
 
+/// Gradients of [`group_norm`] with respect to `x`, `gamma` and `beta`, from the output
+/// gradient `dy`, without autograd: the same kernels as the op's backward. For callers that
+/// rebuild the GroupNorm output in their own backward instead of keeping it. Returns
+/// `(dx, dgamma, dbeta)`.
+pub fn group_norm_backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    dy: &Tensor,
+    groups: usize,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = Forward { groups, eps: eps as f32, relu };
+    let x = x.contiguous()?;
+    match op.bwd(&x, &gamma.contiguous()?, &beta.contiguous()?, &x, dy)? {
+        (Some(dx), Some(dg), Some(db)) => Ok((dx, dg, db)),
+        _ => bail!("group_norm_backward (CUDA): the op returned no gradient"),
+    }
+}
+
 /// Sizes of one call.
 #[derive(Clone, Copy, Debug)]
 struct Geom {

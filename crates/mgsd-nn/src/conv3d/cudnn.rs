@@ -190,6 +190,29 @@ fn backward(
     Ok((dx, dwb))
 }
 
+/// `(dx, dweight, dbias)` of `conv(x, weight) + bias` from `dy`, for
+/// `super::conv3d_backward`: the same two cuDNN gradient ops, called directly.
+pub(super) fn gradients(
+    g: ConvGeom,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let w = weight.flatten_all()?;
+    let wb = match bias {
+        Some(b) => Tensor::cat(&[&w, b], 0)?,
+        None => w.contiguous()?,
+    };
+    let dx = dy.apply_op2_no_bwd(&wb, &CudnnBackwardData(g))?;
+    let dw = dy.apply_op2_no_bwd(x, &CudnnBackwardFilter(g))?.reshape(weight.shape())?;
+    let db = match bias {
+        Some(_) => Some(dy.sum((0, 2, 3, 4))?),
+        None => None,
+    };
+    Ok((dx, dw, db))
+}
+
 impl CustomOp2 for CudnnForward {
     fn name(&self) -> &'static str {
         "conv3d-cudnn"
