@@ -11,6 +11,8 @@
 //   upsample_bwd  dy           -> dx
 //   leaky_fwd     x            -> y            (n = P·D·H·W elements)
 //   leaky_bwd     x dy         -> dx
+//   apool_fwd OD OH OW      x          -> y   (the three passes of adaptive average pooling)
+//   apool_bwd OD OH OW      dy         -> dx
 //   conv_bias_add           y bias     -> y   (P = N, D = C, H = S, W = 1)
 //   conv_bias_residual_add  y bias r   -> y
 //   conv_residual_add       y r        -> y
@@ -62,7 +64,14 @@ int main(int argc, char** argv) {
     const int d = std::atoi(argv[3]), h = std::atoi(argv[4]), w = std::atoi(argv[5]);
     const float slope = (float)std::atof(argv[6]);
     char** io = argv + 7;
-    const int nio = argc - 7;
+    int nio = argc - 7;
+    int od = 0, oh = 0, ow = 0;  // the adaptive pooling's output grid
+    if (k.rfind("apool", 0) == 0) {
+        if (nio < 3) fail(k + ": expected OD OH OW");
+        od = std::atoi(io[0]), oh = std::atoi(io[1]), ow = std::atoi(io[2]);
+        io += 3;
+        nio -= 3;
+    }
     const long long in = p * d * h * w;
     const long long pooled = p * (d / 2) * (h / 2) * (w / 2);
     const long long up = 8 * in;
@@ -112,6 +121,24 @@ int main(int argc, char** argv) {
         std::vector<float> dx(in);
         mgsd_launch(GRID, BLOCK, [&] { mgsd_leaky_relu_bwd(x.data(), dy.data(), dx.data(), in, slope); });
         write(io[2], dx);
+    } else if (k == "apool_fwd") {
+        need(2);
+        auto x = read<float>(io[0], in);
+        std::vector<float> t1(p * d * h * ow), t2(p * d * oh * ow), y(p * od * oh * ow);
+        const long long n1 = t1.size(), n2 = t2.size(), n3 = y.size();
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_apool_w(x.data(), t1.data(), n1, w, ow); });
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_apool_h(t1.data(), t2.data(), n2, h, oh, ow); });
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_apool_d(t2.data(), y.data(), n3, d, h, w, od, oh, ow); });
+        write(io[1], y);
+    } else if (k == "apool_bwd") {
+        need(2);
+        auto dy = read<float>(io[0], p * od * oh * ow);
+        std::vector<float> t2(p * d * oh * ow), t1(p * d * h * ow), dx(in);
+        const long long n2 = t2.size(), n1 = t1.size();
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_apool_bwd_d(dy.data(), t2.data(), n2, d, h, w, od, oh, ow); });
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_apool_bwd_h(t2.data(), t1.data(), n1, h, oh, ow); });
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_apool_bwd_w(t1.data(), dx.data(), in, w, ow); });
+        write(io[1], dx);
     } else if (k == "conv_bias_add" || k == "conv_bias_residual_add" || k == "conv_residual_add") {
         // y (N, C, S) with N = p, C = d, S = h.
         const bool bias = k != "conv_residual_add", res = k != "conv_bias_add";

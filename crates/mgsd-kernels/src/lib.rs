@@ -23,8 +23,8 @@
 //!   CUDA backend.
 //!
 //! - `cuda` also builds [`candle_ops`]: the no-softmax attention kernels, the GroupNorm
-//!   kernels (`kernels/group_norm.cu`), the pooling, upsampling and LeakyReLU kernels
-//!   (`kernels/resample.cu`) as differentiable candle ops, and the in-place epilogue of the
+//!   kernels (`kernels/group_norm.cu`), the pooling, upsampling, LeakyReLU and adaptive
+//!   pooling kernels (`kernels/resample.cu`) as differentiable candle ops, and the in-place epilogue of the
 //!   cuDNN Conv3d (`kernels/conv_epilogue.cu`); `mgsd-nn` uses them on CUDA tensors. Both
 //!   attention variants are candle ops (`candle_ops::attention`,
 //!   `candle_ops::softmax_attention`), f32 only.
@@ -51,10 +51,10 @@ pub const GROUP_NORM_CU: &str = include_str!("kernels/group_norm.cu");
 #[cfg(feature = "cuda")]
 pub const GROUP_NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
 
-/// CUDA C++ source of the pooling, upsampling and LeakyReLU kernels.
+/// CUDA C++ source of the pooling, upsampling, LeakyReLU and adaptive pooling kernels.
 pub const RESAMPLE_CU: &str = include_str!("kernels/resample.cu");
 
-/// The pooling, upsampling and LeakyReLU kernels as PTX, compiled by `build.rs`.
+/// The pooling, upsampling, LeakyReLU and adaptive pooling kernels as PTX (`build.rs`).
 #[cfg(feature = "cuda")]
 pub const RESAMPLE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/resample.ptx"));
 

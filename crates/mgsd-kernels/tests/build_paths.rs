@@ -69,6 +69,12 @@ fn resample_and_epilogue_ptx_match_the_launches() {
         ("mgsd_upsample2x_bwd", "ppliii"),
         ("mgsd_leaky_relu_fwd", "pplf"),
         ("mgsd_leaky_relu_bwd", "ppplf"),
+        ("mgsd_apool_w", "pplii"),
+        ("mgsd_apool_h", "ppliii"),
+        ("mgsd_apool_d", "ppliiiiii"),
+        ("mgsd_apool_bwd_d", "ppliiiiii"),
+        ("mgsd_apool_bwd_h", "ppliii"),
+        ("mgsd_apool_bwd_w", "pplii"),
     ] {
         let want: Vec<String> = sig.chars().map(|c| ptx_type(c).to_owned()).collect();
         assert_eq!(entry_params(mgsd_kernels::RESAMPLE_PTX, name), Some(want), "{name}");

@@ -22,6 +22,10 @@ pub fn adaptive_avg_pool3d(xs: &Tensor, out: [usize; 3]) -> Result<Tensor> {
     if out.contains(&0) || d == 0 || h == 0 || w == 0 {
         bail!("adaptive_avg_pool3d: cannot pool input {:?} to {out:?}", xs.shape());
     }
+    #[cfg(feature = "cuda")]
+    if xs.device().is_cuda() && xs.dtype() == candle_core::DType::F32 {
+        return mgsd_kernels::candle_ops::resample::adaptive_avg_pool3d(xs, out);
+    }
     if !xs.device().is_cpu() {
         return crate::composite::adaptive_avg_pool3d(xs, out);
     }

@@ -1,8 +1,8 @@
 //! Device-generic versions of the layers whose fast path is a CPU custom op, composed from
 //! differentiable candle ops. They run on every device other than the CPU for which no fused
-//! kernel exists (on CUDA, GroupNorm, pooling, upsampling and LeakyReLU have their own kernels
-//! in `mgsd-kernels`, so only the adaptive pooling and non-f32 tensors come here); the public
-//! functions of each layer dispatch here.
+//! kernel exists (on CUDA every one of these layers has its own f32 kernels in `mgsd-kernels`,
+//! so only other dtypes and devices come here); the public functions of each layer dispatch
+//! here.
 //!
 //! The tests run them on the CPU against the custom ops, forward and backward, so CPU CI checks
 //! the maths of the GPU path; `tests/cuda_parity.rs` checks them on a GPU.

@@ -1,7 +1,8 @@
 //! The CUDA source of the pooling, upsampling and LeakyReLU kernels
 //! (`mgsd-kernels/src/kernels/resample.cu`), compiled as plain C++ with
 //! `mgsd-kernels/host/cuda_host.h` and run on the CPU, must compute bit for bit what this
-//! crate's CPU ops compute, forward and backward; the cuDNN Conv3d's epilogue
+//! crate's CPU ops compute, forward and backward (adaptive average pooling included); the cuDNN
+//! Conv3d's epilogue
 //! (`conv_epilogue.cu`) must add bias and residual exactly as `y + (b[c] + r)`. Those kernels
 //! use no shared memory, synchronisation or atomics, so running their threads one after
 //! another is exact; this is how CPU CI checks GPU code that it cannot launch.
@@ -51,11 +52,23 @@ fn run(
     inputs: &[Vec<u8>],
     outputs: usize,
 ) -> Vec<Vec<u8>> {
+    run_with(kernel, dims, &[slope.to_string()], inputs, outputs)
+}
+
+/// [`run`] with the arguments that follow the sizes given as they are (the slope, and for the
+/// adaptive pooling the output grid).
+fn run_with(
+    kernel: &str,
+    dims: [usize; 4],
+    extra: &[String],
+    inputs: &[Vec<u8>],
+    outputs: usize,
+) -> Vec<Vec<u8>> {
     let exe = driver().expect("checked by the caller");
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(exe);
     cmd.arg(kernel);
-    cmd.args(dims.map(|d| d.to_string())).arg(slope.to_string());
+    cmd.args(dims.map(|d| d.to_string())).args(extra);
     for (i, bytes) in inputs.iter().enumerate() {
         let p = dir.path().join(format!("in{i}"));
         std::fs::write(&p, bytes).unwrap();
@@ -179,6 +192,33 @@ fn leaky_relu_matches_the_cpu_op() {
     assert_same("leaky forward", &y, &run("leaky_fwd", dims, 0.2, &[bytes(x.as_tensor())], 1)[0]);
     let host = run("leaky_bwd", dims, 0.2, &[bytes(x.as_tensor()), bytes(&dy)], 1);
     assert_same("leaky backward", dx.get(&x).unwrap(), &host[0]);
+}
+
+#[test]
+fn adaptive_pool_matches_the_cpu_op() {
+    if driver().is_none() {
+        return;
+    }
+    let shape @ [n, c, d, h, w] = [2, 2, 5, 7, 6];
+    let len = shape.iter().product();
+    let dims = [n * c, d, h, w];
+    // The token grid, the multi-view profiles, a grid larger than the input, overlapping bins.
+    for (t, out) in [[1, 1, 1], [5, 7, 6], [2, 3, 4], [5, 1, 1], [1, 7, 1], [1, 1, 6], [7, 9, 4]]
+        .into_iter()
+        .enumerate()
+    {
+        let x = Var::from_tensor(&tensor(values(len, 30 + t as u64, None), &shape)).unwrap();
+        let y = mgsd_nn::adaptive_avg_pool3d(x.as_tensor(), out).unwrap();
+        let dy = tensor(values(y.elem_count(), 60 + t as u64, None), y.dims());
+        let dx = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        // The slope (unused), then the grid.
+        let extra: Vec<String> =
+            ["0".to_owned()].into_iter().chain(out.map(|o| o.to_string())).collect();
+        let host = run_with("apool_fwd", dims, &extra, &[bytes(x.as_tensor())], 1);
+        assert_same(&format!("adaptive pool to {out:?}, forward"), &y, &host[0]);
+        let host = run_with("apool_bwd", dims, &extra, &[bytes(&dy)], 1);
+        assert_same(&format!("adaptive pool to {out:?}, backward"), dx.get(&x).unwrap(), &host[0]);
+    }
 }
 
 #[test]

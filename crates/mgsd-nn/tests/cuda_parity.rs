@@ -120,9 +120,9 @@ fn conv3d_matches_the_cpu_in_every_geometry() {
     set_cudnn_tf32(true);
 }
 
-/// GroupNorm, pooling, upsampling and LeakyReLU run `mgsd-kernels`' CUDA ops, the adaptive
-/// pooling a candle composition. The 2-million-element shapes take the kernels' grid-stride
-/// loops through more than one turn.
+/// GroupNorm, pooling, upsampling, LeakyReLU and adaptive pooling run `mgsd-kernels`' CUDA
+/// ops. The 2-million-element shapes take the kernels' grid-stride loops through more than one
+/// turn.
 #[test]
 fn gpu_layers_match_the_cpu_custom_ops() {
     for relu in [false, true] {
@@ -141,8 +141,13 @@ fn gpu_layers_match_the_cpu_custom_ops() {
         upsample2x_add(&t[0], &t[1])
     });
     check("leaky_relu (large)", &[&[1, 8, 64, 64, 64]], 1e-6, |t| leaky_relu(&t[0], 0.2));
-    check("adaptive_avg_pool3d", &[&[1, 32, 20, 24, 16]], 1e-5, |t| {
-        adaptive_avg_pool3d(&t[0], [5, 6, 4])
+    for out in [[5, 6, 4], [20, 1, 1], [1, 24, 1], [1, 1, 16], [7, 9, 5]] {
+        check("adaptive_avg_pool3d", &[&[1, 32, 20, 24, 16]], 1e-5, |t| {
+            adaptive_avg_pool3d(&t[0], out)
+        });
+    }
+    check("adaptive_avg_pool3d (large)", &[&[4, 4, 80, 96, 64]], 1e-5, |t| {
+        adaptive_avg_pool3d(&t[0], [2, 3, 2])
     });
 }
 

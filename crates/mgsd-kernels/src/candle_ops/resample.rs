@@ -1,6 +1,7 @@
-//! Max pooling 2×2×2, nearest ×2 upsampling (alone or fused with the skip addition) and
-//! LeakyReLU on CUDA tensors, with the kernels of `kernels/resample.cu`, as differentiable
-//! candle ops: the CUDA twins of mgsd-nn's CPU ops of the same names.
+//! Max pooling 2×2×2, nearest ×2 upsampling (alone or fused with the skip addition),
+//! LeakyReLU and adaptive average pooling on CUDA tensors, with the kernels of
+//! `kernels/resample.cu`, as differentiable candle ops: the CUDA twins of mgsd-nn's CPU ops of
+//! the same names.
 //!
 //! What they save against the candle compositions they replace, per call at the size of the
 //! layer's output `Y`:
@@ -8,11 +9,13 @@
 //!   full-size masks; now one byte per output voxel (the window position) is kept;
 //! - upsampling materialised the broadcast copy (8 × the input) and then the sum with the
 //!   skip; now only the sum exists;
-//! - LeakyReLU kept an f32 mask and two products (three × `Y`); now nothing but its input.
+//! - LeakyReLU kept an f32 mask and two products (three × `Y`); now nothing but its input;
+//! - adaptive average pooling kept a transposed copy of its input per pooled axis; now only its
+//!   input (the two separable-pass temporaries live inside the op).
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor,
@@ -362,5 +365,118 @@ impl CustomOp2 for LeakyReluBackward {
         // SAFETY: arguments as `mgsd_leaky_relu_bwd` declares; grid-stride loop.
         unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(dx, dev), lx.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adaptive average pooling
+
+/// `F.adaptive_avg_pool3d(x, out)` of a `(N, C, D, H, W)` f32 CUDA tensor (PyTorch's bins).
+/// Differentiable; bit-identical to the CPU op (same summation order).
+pub fn adaptive_avg_pool3d(x: &Tensor, out: [usize; 3]) -> Result<Tensor> {
+    let [_, _, d, h, w] = f32_5d(x, "adaptive_avg_pool3d")?;
+    if out.contains(&0) || d == 0 || h == 0 || w == 0 {
+        bail!("adaptive_avg_pool3d (CUDA): cannot pool input {:?} to {out:?}", x.shape())
+    }
+    x.contiguous()?.apply_op1(AdaptivePool { out })
+}
+
+/// The forward op.
+struct AdaptivePool {
+    out: [usize; 3],
+}
+
+/// `dy` → `dx` for an input of shape `input`.
+struct AdaptivePoolBackward {
+    input: Shape,
+    out: [usize; 3],
+}
+
+/// Launches `name` over `total` outputs with `args` after the two pointers.
+fn launch_pass(
+    dev: &CudaDevice,
+    name: &str,
+    (src, dst): (&CudaView<'_, f32>, &mut CudaSlice<f32>),
+    total: usize,
+    ints: &[i32],
+) -> Result<()> {
+    let f = func(dev, name)?;
+    let total_i = total as i64;
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    b.arg(src).arg(dst).arg(&total_i);
+    for v in ints {
+        b.arg(v);
+    }
+    // SAFETY: every `mgsd_apool_*` kernel takes (src, dst, total, ints…) in this order, with the
+    // ints its comment in `resample.cu` lists; grid-stride loop writing all of `dst`.
+    unsafe { b.launch(super::config(grid_stride(dev, total))) }.w()?;
+    Ok(())
+}
+
+/// `(P, [d, h, w], [od, oh, ow])` as the kernels' ints.
+fn pool_sizes(input: &Shape, out: [usize; 3]) -> Result<(usize, [i32; 3], [i32; 3])> {
+    let (n, c, d, h, w) = input.dims5()?;
+    let o = [to_i32(out[0])?, to_i32(out[1])?, to_i32(out[2])?];
+    Ok((n * c, [to_i32(d)?, to_i32(h)?, to_i32(w)?], o))
+}
+
+impl CustomOp1 for AdaptivePool {
+    fn name(&self) -> &'static str {
+        "mgsd-adaptive-avg-pool3d"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name(), "mgsd_nn::adaptive_avg_pool3d")
+    }
+
+    fn cuda_fwd(&self, sx: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = sx.device.clone();
+        let (p, [d, h, w], [od, oh, ow]) = pool_sizes(lx.shape(), self.out)?;
+        let (du, hu) = (d as usize, h as usize);
+        let [odu, ohu, owu] = self.out;
+        let x = view(sx, lx)?;
+        let (n1, n2, n3) = (p * du * hu * owu, p * du * ohu * owu, p * odu * ohu * owu);
+        // SAFETY: each pass writes every element of its output.
+        let mut t1 = unsafe { dev.alloc::<f32>(n1) }?;
+        let mut t2 = unsafe { dev.alloc::<f32>(n2) }?;
+        let mut y = unsafe { dev.alloc::<f32>(n3) }?;
+        launch_pass(&dev, "mgsd_apool_w", (&x, &mut t1), n1, &[w, ow])?;
+        launch_pass(&dev, "mgsd_apool_h", (&t1.slice(..), &mut t2), n2, &[h, oh, ow])?;
+        launch_pass(&dev, "mgsd_apool_d", (&t2.slice(..), &mut y), n3, &[d, h, w, od, oh, ow])?;
+        let (n, c, ..) = lx.shape().dims5()?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((n, c, odu, ohu, owu))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let op = AdaptivePoolBackward { input: x.shape().clone(), out: self.out };
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+impl CustomOp1 for AdaptivePoolBackward {
+    fn name(&self) -> &'static str {
+        "mgsd-adaptive-avg-pool3d-bwd"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name(), "mgsd_nn::adaptive_avg_pool3d")
+    }
+
+    fn cuda_fwd(&self, sdy: &CudaStorage, ldy: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = sdy.device.clone();
+        let (p, [d, h, w], [od, oh, ow]) = pool_sizes(&self.input, self.out)?;
+        let (du, hu, wu) = (d as usize, h as usize, w as usize);
+        let (ohu, owu) = (self.out[1], self.out[2]);
+        let dy = view(sdy, ldy)?;
+        let (n2, n1, n0) = (p * du * ohu * owu, p * du * hu * owu, p * du * hu * wu);
+        // SAFETY: each pass writes every element of its output.
+        let mut t2 = unsafe { dev.alloc::<f32>(n2) }?;
+        let mut t1 = unsafe { dev.alloc::<f32>(n1) }?;
+        let mut dx = unsafe { dev.alloc::<f32>(n0) }?;
+        launch_pass(&dev, "mgsd_apool_bwd_d", (&dy, &mut t2), n2, &[d, h, w, od, oh, ow])?;
+        launch_pass(&dev, "mgsd_apool_bwd_h", (&t2.slice(..), &mut t1), n1, &[h, oh, ow])?;
+        launch_pass(&dev, "mgsd_apool_bwd_w", (&t1.slice(..), &mut dx), n0, &[w, ow])?;
+        Ok((CudaStorage::wrap_cuda_slice(dx, dev), self.input.clone()))
     }
 }

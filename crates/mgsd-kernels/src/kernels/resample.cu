@@ -16,6 +16,14 @@
 //            mgsd_upsample2x_bwd  dx = Σ of the 2×2×2 block of dy                   per input
 // leaky      mgsd_leaky_relu_fwd  y = x > 0 ? x : slope·x                           per element
 //            mgsd_leaky_relu_bwd  dx = x > 0 ? dy : slope·dy                         per element
+// adaptive   mgsd_apool_w, _h, _d      sums over the W bins, then H, then D (÷ volume)
+// avg pool   mgsd_apool_bwd_d, _h, _w  dy ÷ volume spread back over D, then H, then W
+//
+// Adaptive average pooling (`F.adaptive_avg_pool3d`, PyTorch's bins [⌊i·In/Out⌋,
+// ⌈(i+1)·In/Out⌉), which overlap when Out does not divide In) runs in three separable passes
+// through two temporaries, one thread per element each pass writes, adding in the same order
+// as the CPU op (mgsd-nn `adaptive_pool.rs`), so the results are bit-identical to it. Sizes:
+// `d, h, w` the input's, `od, oh, ow` the output grid's.
 //
 // Pooling semantics are PyTorch's: the first maximum in window order wins a tie, a NaN wins
 // over any number, odd sizes are floored (the last plane/row/column of an odd axis gets a zero
@@ -114,6 +122,106 @@ extern "C" __global__ void mgsd_leaky_relu_bwd(const float* x, const float* dy, 
     MGSD_GRID_STRIDE(i, n) {
         const float g = dy[i];
         dx[i] = x[i] > 0.f ? g : g * slope;
+    }
+}
+
+// Bin [start, end) of output cell i of an axis of length `in` pooled to `out` cells.
+__device__ __forceinline__ int mgsd_bin_start(int i, int in, int out) {
+    return (int)(((long long)i * in) / out);
+}
+__device__ __forceinline__ int mgsd_bin_end(int i, int in, int out) {
+    return (int)((((long long)i + 1) * in + out - 1) / out);
+}
+
+// t1 (P, d, h, ow) = Σ over each W bin of x (P, d, h, w).
+extern "C" __global__ void mgsd_apool_w(const float* x, float* t1, long long total, int w, int ow) {
+    MGSD_GRID_STRIDE(o, total) {
+        const int k = (int)(o % ow);
+        const float* row = x + (o / ow) * w;
+        float s = 0.f;
+        for (int r = mgsd_bin_start(k, w, ow); r < mgsd_bin_end(k, w, ow); ++r) s += row[r];
+        t1[o] = s;
+    }
+}
+
+// t2 (P, d, oh, ow) = Σ over each H bin of t1 (P, d, h, ow).
+extern "C" __global__ void mgsd_apool_h(const float* t1, float* t2, long long total, int h, int oh,
+                                        int ow) {
+    MGSD_GRID_STRIDE(o, total) {
+        const int k = (int)(o % ow);
+        const int j = (int)((o / ow) % oh);
+        const float* plane = t1 + (o / ((long long)ow * oh)) * h * ow;
+        float s = 0.f;
+        for (int r = mgsd_bin_start(j, h, oh); r < mgsd_bin_end(j, h, oh); ++r) s += plane[r * ow + k];
+        t2[o] = s;
+    }
+}
+
+// y (P, od, oh, ow) = Σ over each D bin of t2 (P, d, oh, ow), ÷ the bin's volume.
+extern "C" __global__ void mgsd_apool_d(const float* t2, float* y, long long total, int d, int h,
+                                        int w, int od, int oh, int ow) {
+    MGSD_GRID_STRIDE(o, total) {
+        const int k = (int)(o % ow);
+        const int j = (int)((o / ow) % oh);
+        const int i = (int)((o / ((long long)ow * oh)) % od);
+        const long long p = o / ((long long)ow * oh * od);
+        const int s0 = mgsd_bin_start(i, d, od), e0 = mgsd_bin_end(i, d, od);
+        float s = 0.f;
+        for (int r = s0; r < e0; ++r) s += t2[((p * d + r) * oh + j) * (long long)ow + k];
+        const int vol = (e0 - s0) * (mgsd_bin_end(j, h, oh) - mgsd_bin_start(j, h, oh)) *
+                        (mgsd_bin_end(k, w, ow) - mgsd_bin_start(k, w, ow));
+        y[o] = s / (float)vol;
+    }
+}
+
+// t2 (P, d, oh, ow) = Σ over the D bins i containing r of dy[i, j, k] ÷ volume(i, j, k).
+extern "C" __global__ void mgsd_apool_bwd_d(const float* dy, float* t2, long long total, int d,
+                                            int h, int w, int od, int oh, int ow) {
+    MGSD_GRID_STRIDE(o, total) {
+        const int k = (int)(o % ow);
+        const int j = (int)((o / ow) % oh);
+        const int r = (int)((o / ((long long)ow * oh)) % d);
+        const long long p = o / ((long long)ow * oh * d);
+        const int hw = (mgsd_bin_end(j, h, oh) - mgsd_bin_start(j, h, oh)) *
+                       (mgsd_bin_end(k, w, ow) - mgsd_bin_start(k, w, ow));
+        float s = 0.f;
+        for (int i = 0; i < od; ++i) {
+            const int s0 = mgsd_bin_start(i, d, od), e0 = mgsd_bin_end(i, d, od);
+            if (r < s0 || r >= e0) continue;
+            s += dy[((p * od + i) * oh + j) * (long long)ow + k] / (float)((e0 - s0) * hw);
+        }
+        t2[o] = s;
+    }
+}
+
+// t1 (P, d, h, ow) = Σ over the H bins j containing r of t2[j].
+extern "C" __global__ void mgsd_apool_bwd_h(const float* t2, float* t1, long long total, int h,
+                                            int oh, int ow) {
+    MGSD_GRID_STRIDE(o, total) {
+        const int k = (int)(o % ow);
+        const int r = (int)((o / ow) % h);
+        const float* plane = t2 + (o / ((long long)ow * h)) * oh * ow;
+        float s = 0.f;
+        for (int j = 0; j < oh; ++j) {
+            if (r < mgsd_bin_start(j, h, oh) || r >= mgsd_bin_end(j, h, oh)) continue;
+            s += plane[j * ow + k];
+        }
+        t1[o] = s;
+    }
+}
+
+// dx (P, d, h, w) = Σ over the W bins k containing r of t1[k].
+extern "C" __global__ void mgsd_apool_bwd_w(const float* t1, float* dx, long long total, int w,
+                                            int ow) {
+    MGSD_GRID_STRIDE(e, total) {
+        const int r = (int)(e % w);
+        const float* row = t1 + (e / w) * ow;
+        float s = 0.f;
+        for (int k = 0; k < ow; ++k) {
+            if (r < mgsd_bin_start(k, w, ow) || r >= mgsd_bin_end(k, w, ow)) continue;
+            s += row[k];
+        }
+        dx[e] = s;
     }
 }
 
