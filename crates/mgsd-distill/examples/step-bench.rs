@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p mgsd-distill --example step-bench -- \
-//!     [--width 8] [--patch 64,64,32] [--warmup 1] [--steps 3] [--device cpu|cuda]
+//!     [--width 8] [--patch 64,64,32] [--warmup 1] [--steps 3] [--device cpu|cuda] \
+//!     [--recompute-norm true|false]
 //! ```
 //! `--device cuda` needs a build with `--features mgsd-distill/cuda`; each step then ends with
 //! a device synchronisation so the time covers the GPU's work.
@@ -24,10 +25,18 @@ struct Args {
     warmup: usize,
     steps: usize,
     cuda: bool,
+    recompute_norm: bool,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { width: 8, patch: [64, 64, 32], warmup: 1, steps: 3, cuda: false };
+    let mut a = Args {
+        width: 8,
+        patch: [64, 64, 32],
+        warmup: 1,
+        steps: 3,
+        cuda: false,
+        recompute_norm: true,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
@@ -43,6 +52,10 @@ fn parse() -> Result<Args, String> {
                     _ => return Err(format!("--device {v}: want cpu or cuda")),
                 }
             }
+            "--recompute-norm" => {
+                a.recompute_norm =
+                    v.parse().map_err(|e| format!("--recompute-norm {v}: {e} (true or false)"))?
+            }
             "--patch" => {
                 let p: Vec<usize> = v.split(',').map(num).collect::<Result<_, _>>()?;
                 a.patch = p.try_into().map_err(|_| format!("--patch {v}: want D,H,W"))?;
@@ -55,7 +68,8 @@ fn parse() -> Result<Args, String> {
 
 fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
     let dev = if a.cuda { Device::new_cuda(0)? } else { Device::Cpu };
-    let cfg = MgsdConfig { width: a.width, ..MgsdConfig::default() };
+    let cfg =
+        MgsdConfig { width: a.width, recompute_norm: a.recompute_norm, ..MgsdConfig::default() };
     let mut obj = MgsdObjective::new(cfg, &dev, true)?;
     let [d, h, w] = a.patch;
     let x = Tensor::rand(0f32, 1.0, (1, 4, d, h, w), &dev)?;
@@ -91,10 +105,11 @@ fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     Ok(format!(
-        "{{\"impl\": \"candle\", \"device\": \"{}\", \"width\": {}, \"patch\": {:?}, \"median_s\": {median:.4}, \"steps_s\": {times:?}}}",
+        "{{\"impl\": \"candle\", \"device\": \"{}\", \"width\": {}, \"patch\": {:?}, \"recompute_norm\": {}, \"median_s\": {median:.4}, \"steps_s\": {times:?}}}",
         if a.cuda { "cuda" } else { "cpu" },
         a.width,
-        a.patch
+        a.patch,
+        a.recompute_norm
     ))
 }
 

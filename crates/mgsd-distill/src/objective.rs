@@ -104,6 +104,9 @@ pub struct MgsdConfig {
     pub ema: EmaConfig,
     /// First dropout seed; each training-mode pass takes the next one.
     pub seed: u64,
+    /// Rebuild the U-Net blocks' GroupNorm outputs in the backward instead of keeping them
+    /// (`UNet3DConfig::recompute_norm`; same numbers, less memory).
+    pub recompute_norm: bool,
 }
 
 impl Default for MgsdConfig {
@@ -117,6 +120,7 @@ impl Default for MgsdConfig {
             weights: LossWeights::default(),
             ema: EmaConfig::default(),
             seed: 0,
+            recompute_norm: true,
         }
     }
 }
@@ -124,7 +128,12 @@ impl Default for MgsdConfig {
 impl MgsdConfig {
     /// The backbone's configuration.
     pub fn unet(&self) -> UNet3DConfig {
-        UNet3DConfig { width: self.width, dropout: self.dropout, ..UNet3DConfig::default() }
+        UNet3DConfig {
+            width: self.width,
+            dropout: self.dropout,
+            recompute_norm: self.recompute_norm,
+            ..UNet3DConfig::default()
+        }
     }
 
     /// Checks the numbers.

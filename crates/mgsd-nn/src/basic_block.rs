@@ -23,6 +23,7 @@ pub struct BasicBlock {
     conv1: Conv3d,
     gn2: GroupNorm,
     conv2: Conv3d,
+    recompute: bool,
 }
 
 impl BasicBlock {
@@ -34,7 +35,14 @@ impl BasicBlock {
             conv1: conv3d(channels, channels, cfg, vb.pp("conv1"))?,
             gn2: GroupNorm::new(groups, channels, vb.pp("gn2"))?,
             conv2: conv3d(channels, channels, cfg, vb.pp("conv2"))?,
+            recompute: true,
         })
+    }
+
+    /// Whether training (an input that carries gradients) goes through
+    /// [`BasicBlock::forward_recompute`] (the default) or [`BasicBlock::forward_plain`].
+    pub fn with_recompute(self, recompute: bool) -> Self {
+        Self { recompute, ..self }
     }
 }
 
@@ -61,11 +69,11 @@ impl BasicBlock {
 }
 
 impl Module for BasicBlock {
-    /// Training (`x` carries gradients) recomputes, inference runs the plain ops. Measured on
-    /// one MGSD step at 160×192×128 on the CPU: peak memory 10.3 GiB instead of 13.1, and no
-    /// slower (docs/BENCHMARKS.md).
+    /// Training (`x` carries gradients) recomputes unless turned off, inference runs the plain
+    /// ops. Measured on one MGSD step at 160×192×128 on the CPU: peak memory 10.3 GiB instead of
+    /// 13.1, and no slower (docs/BENCHMARKS.md).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.track_op() {
+        if self.recompute && x.track_op() {
             self.forward_recompute(x)
         } else {
             self.forward_plain(x)

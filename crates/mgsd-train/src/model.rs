@@ -36,6 +36,7 @@ pub fn mgsd_config(cfg: &Config, dropout_seed: u64) -> MgsdConfig {
         },
         ema: EmaConfig { decay_max: cfg.train.ema_decay },
         seed: dropout_seed,
+        recompute_norm: cfg.model.recompute_norm,
         ..MgsdConfig::default()
     }
 }
