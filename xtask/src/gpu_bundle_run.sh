@@ -9,6 +9,7 @@
 #    and gradient against float64 PyTorch) on the GPU and the CPU;
 # 2. one MGSD training step, ours against PyTorch eager on the same GPU, with peak memory
 #    (nvidia-smi's reading for both, PyTorch's allocator peaks too); sizes from STEP_ARGS;
+#    ours once more with `--recompute-norm false` (the GroupNorm outputs kept, not rebuilt);
 # 3. the demo workflow of mgsd-train on the GPU (unless SKIP_DEMO=1; DEMO_TIMEOUT, 120 s);
 # 4. with ATTENTION=1, the attention kernels' own check against PyTorch
 #    (crates/mgsd-kernels/gpu/check_attention.py, about 30 s).
@@ -74,15 +75,20 @@ echo "== MGSD training step, $STEP_ARGS"
 ours="$(with_peak "$bin/step-bench" --device cuda $STEP_ARGS)" || status=1
 # shellcheck disable=SC2086
 theirs="$(with_peak "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS)" || status=1
+# The same step keeping the GroupNorm outputs (no recompute): the memory/time trade.
+# shellcheck disable=SC2086
+plain="$(with_peak "$bin/step-bench" --device cuda $STEP_ARGS --recompute-norm false)" || status=1
 echo "$ours" | tee "$out/step.jsonl"
 echo "$theirs" | tee -a "$out/step.jsonl"
-"$PY" - "$ours" "$theirs" <<'EOF' || status=1
+echo "$plain" | tee -a "$out/step.jsonl"
+"$PY" - "$ours" "$theirs" "$plain" <<'EOF' || status=1
 import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"MGSD step on CUDA, width {a['width']}, patch {a['patch']}: candle {a['median_s']:.3f} s, "
-      f"pytorch {b['median_s']:.3f} s, ratio {a['median_s'] / b['median_s']:.2f}; "
-      f"peak memory (nvidia-smi) {a['smi_peak_mib']} vs {b['smi_peak_mib']} MiB, "
-      f"ratio {a['smi_peak_mib'] / max(b['smi_peak_mib'], 1):.2f}")
+a, b, c = (json.loads(v) for v in sys.argv[1:4])
+for name, x in (("candle", a), ("candle, no recompute", c)):
+    print(f"MGSD step on CUDA, width {x['width']}, patch {x['patch']}: {name} {x['median_s']:.3f} s, "
+          f"pytorch {b['median_s']:.3f} s, ratio {x['median_s'] / b['median_s']:.2f}; "
+          f"peak memory (nvidia-smi) {x['smi_peak_mib']} vs {b['smi_peak_mib']} MiB, "
+          f"ratio {x['smi_peak_mib'] / max(b['smi_peak_mib'], 1):.2f}")
 EOF
 
 if [ "${SKIP_DEMO:-0}" != 1 ]; then
