@@ -30,6 +30,21 @@ fn func(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
     Ok(dev.get_or_load_custom_func(name, MODULE, crate::RESAMPLE_PTX)?.into_cuda_function())
 }
 
+/// Launches the grid-stride kernel `$name` over `$total` elements on `$dev`'s stream, after
+/// `$push` has pushed its arguments onto the builder `$b`.
+macro_rules! launch {
+    ($dev:expr, $name:expr, $total:expr, |$b:ident| $push:block) => {{
+        let f = func($dev, $name)?;
+        let stream = $dev.cuda_stream();
+        let mut $b = stream.launch_builder(&f);
+        $push
+        // SAFETY: every caller pushes the kernel's own argument list, in its order
+        // (tests/build_paths.rs checks each list against the PTX); the kernels are grid-stride
+        // loops, so any grid covers `$total`.
+        unsafe { $b.launch(super::config(grid_stride($dev, $total))) }.w()?;
+    }};
+}
+
 fn f32_5d(x: &Tensor, what: &str) -> Result<[usize; 5]> {
     if x.dtype() != DType::F32 || !x.device().is_cuda() {
         bail!("{what} (CUDA): f32 CUDA tensors only, got {:?} on {:?}", x.dtype(), x.device())
@@ -87,13 +102,10 @@ impl CustomOp1 for MaxPool {
         // SAFETY: the kernel writes every element of both.
         let mut y = unsafe { dev.alloc::<f32>(total) }?;
         let mut arg = unsafe { dev.alloc::<u8>(total) }?;
-        let f = func(&dev, "mgsd_maxpool2x_fwd")?;
-        let total_i = total as i64;
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x).arg(&mut y).arg(&mut arg).arg(&total_i).arg(&d).arg(&h).arg(&w);
-        // SAFETY: arguments as `mgsd_maxpool2x_fwd` declares; grid-stride loop.
-        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        let len = total as i64;
+        launch!(&dev, "mgsd_maxpool2x_fwd", total, |b| {
+            b.arg(&x).arg(&mut y).arg(&mut arg).arg(&len).arg(&d).arg(&h).arg(&w);
+        });
         if self.argmax.set(arg).is_err() {
             bail!("{}: an op instance runs its forward once", self.name())
         }
@@ -126,13 +138,10 @@ impl CustomOp1 for MaxPoolBackward {
         let dy = view(sdy, ldy)?;
         // SAFETY: the kernel writes every element.
         let mut dx = unsafe { dev.alloc::<f32>(total) }?;
-        let f = func(&dev, "mgsd_maxpool2x_bwd")?;
-        let total_i = total as i64;
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&dy).arg(arg).arg(&mut dx).arg(&total_i).arg(&d).arg(&h).arg(&w);
-        // SAFETY: arguments as `mgsd_maxpool2x_bwd` declares; grid-stride loop.
-        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        let len = total as i64;
+        launch!(&dev, "mgsd_maxpool2x_bwd", total, |b| {
+            b.arg(&dy).arg(arg).arg(&mut dx).arg(&len).arg(&d).arg(&h).arg(&w);
+        });
         Ok((CudaStorage::wrap_cuda_slice(dx, dev), self.input.clone()))
     }
 }
@@ -180,20 +189,16 @@ fn upsample_forward(
     let skip = skip.map(|(s, l)| view(s, l)).transpose()?;
     // SAFETY: the kernel writes every element.
     let mut y = unsafe { dev.alloc::<f32>(total) }?;
-    let f = func(&dev, "mgsd_upsample2x_fwd")?;
-    let total_i = total as i64;
-    let null = 0u64;
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    b.arg(&x);
-    match &skip {
-        Some(s) => b.arg(s),
-        None => b.arg(&null),
-    };
-    b.arg(&mut y).arg(&total_i).arg(&d).arg(&h).arg(&w);
-    // SAFETY: arguments as `mgsd_upsample2x_fwd` declares (a null `skip` is allowed);
-    // grid-stride loop.
-    unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+    let (len, null) = (total as i64, 0u64);
+    launch!(&dev, "mgsd_upsample2x_fwd", total, |b| {
+        b.arg(&x);
+        // A null `skip` (plain upsampling) is allowed.
+        match &skip {
+            Some(s) => b.arg(s),
+            None => b.arg(&null),
+        };
+        b.arg(&mut y).arg(&len).arg(&d).arg(&h).arg(&w);
+    });
     Ok((CudaStorage::wrap_cuda_slice(y, dev), out))
 }
 
@@ -271,13 +276,10 @@ impl CustomOp1 for UpsampleBackward {
         let dy = view(sdy, ldy)?;
         // SAFETY: the kernel writes every element.
         let mut dx = unsafe { dev.alloc::<f32>(total) }?;
-        let f = func(&dev, "mgsd_upsample2x_bwd")?;
-        let total_i = total as i64;
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&dy).arg(&mut dx).arg(&total_i).arg(&d).arg(&h).arg(&w);
-        // SAFETY: arguments as `mgsd_upsample2x_bwd` declares; grid-stride loop.
-        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        let len = total as i64;
+        launch!(&dev, "mgsd_upsample2x_bwd", total, |b| {
+            b.arg(&dy).arg(&mut dx).arg(&len).arg(&d).arg(&h).arg(&w);
+        });
         Ok((CudaStorage::wrap_cuda_slice(dx, dev), self.0.clone()))
     }
 }
@@ -315,13 +317,10 @@ impl CustomOp1 for LeakyRelu {
         let x = view(sx, lx)?;
         // SAFETY: the kernel writes every element.
         let mut y = unsafe { dev.alloc::<f32>(total) }?;
-        let f = func(&dev, "mgsd_leaky_relu_fwd")?;
-        let total_i = total as i64;
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x).arg(&mut y).arg(&total_i).arg(&self.0);
-        // SAFETY: arguments as `mgsd_leaky_relu_fwd` declares; grid-stride loop.
-        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        let len = total as i64;
+        launch!(&dev, "mgsd_leaky_relu_fwd", total, |b| {
+            b.arg(&x).arg(&mut y).arg(&len).arg(&self.0);
+        });
         Ok((CudaStorage::wrap_cuda_slice(y, dev), lx.shape().clone()))
     }
 
@@ -357,13 +356,10 @@ impl CustomOp2 for LeakyReluBackward {
         let (x, dy) = (view(sx, lx)?, view(sdy, ldy)?);
         // SAFETY: the kernel writes every element.
         let mut dx = unsafe { dev.alloc::<f32>(total) }?;
-        let f = func(&dev, "mgsd_leaky_relu_bwd")?;
-        let total_i = total as i64;
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x).arg(&dy).arg(&mut dx).arg(&total_i).arg(&self.0);
-        // SAFETY: arguments as `mgsd_leaky_relu_bwd` declares; grid-stride loop.
-        unsafe { b.launch(super::config(grid_stride(&dev, total))) }.w()?;
+        let len = total as i64;
+        launch!(&dev, "mgsd_leaky_relu_bwd", total, |b| {
+            b.arg(&x).arg(&dy).arg(&mut dx).arg(&len).arg(&self.0);
+        });
         Ok((CudaStorage::wrap_cuda_slice(dx, dev), lx.shape().clone()))
     }
 }
@@ -400,17 +396,15 @@ fn launch_pass(
     total: usize,
     ints: &[i32],
 ) -> Result<()> {
-    let f = func(dev, name)?;
-    let total_i = total as i64;
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    b.arg(src).arg(dst).arg(&total_i);
-    for v in ints {
-        b.arg(v);
-    }
-    // SAFETY: every `mgsd_apool_*` kernel takes (src, dst, total, ints…) in this order, with the
-    // ints its comment in `resample.cu` lists; grid-stride loop writing all of `dst`.
-    unsafe { b.launch(super::config(grid_stride(dev, total))) }.w()?;
+    let len = total as i64;
+    // Every `mgsd_apool_*` kernel takes (src, dst, total, ints…), the ints as `resample.cu`
+    // lists them.
+    launch!(dev, name, total, |b| {
+        b.arg(src).arg(dst).arg(&len);
+        for v in ints {
+            b.arg(v);
+        }
+    });
     Ok(())
 }
 
