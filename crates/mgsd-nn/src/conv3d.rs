@@ -301,6 +301,16 @@ impl CustomOp2 for Conv3dBwdWeight {
     }
 }
 
+/// The CPU ops' weight operand: `(Cout, Cin, kd, kh, kw)` → `(Cout, K)`, `K = Cin·kd·kh·kw`,
+/// with the bias `(Cout,)` appended as a last column, `(Cout, K + 1)`.
+fn weight_matrix(g: &ConvGeom, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let w = weight.reshape((g.cout, g.k_rows()))?;
+    match bias {
+        Some(b) => Tensor::cat(&[&w, &b.reshape((g.cout, 1))?], 1),
+        None => w.contiguous(),
+    }
+}
+
 /// Functional 3-D convolution: `conv(x, weight) + bias + residual`, differentiable in every
 /// operand.
 ///
@@ -346,13 +356,7 @@ pub fn conv3d_forward(
             other.location()
         ),
     }
-    // (Cout, Cin, kd, kh, kw) -> (Cout, K), K = Cin·kd·kh·kw
-    let w = weight.reshape((g.cout, g.k_rows()))?;
-    let wb = match bias {
-        // (Cout,) -> (Cout, 1), appended as the last column: (Cout, K + 1)
-        Some(b) => Tensor::cat(&[&w, &b.reshape((g.cout, 1))?], 1)?,
-        None => w.contiguous()?,
-    };
+    let wb = weight_matrix(&g, weight, bias)?;
     let x = x.contiguous()?;
     match residual {
         None => x.apply_op2(&wb, Conv3dOp(g)),
@@ -391,12 +395,7 @@ pub(crate) fn conv3d_backward(
             other.location()
         ),
     }
-    let w = weight.reshape((g.cout, g.k_rows()))?;
-    let wb = match bias {
-        Some(b) => Tensor::cat(&[&w, &b.reshape((g.cout, 1))?], 1)?,
-        None => w.contiguous()?,
-    };
-    let dx = dy.apply_op2_no_bwd(&wb, &Conv3dBwdInput(g))?;
+    let dx = dy.apply_op2_no_bwd(&weight_matrix(&g, weight, bias)?, &Conv3dBwdInput(g))?;
     // (Cout, K [+ 1]): the bias gradient is the last column.
     let dwb = dy.apply_op2_no_bwd(&x, &Conv3dBwdWeight(g))?;
     let dw = dwb.narrow(1, 0, g.k_rows())?.reshape(weight.shape())?;

@@ -84,21 +84,13 @@ struct GnReluConv {
 }
 
 impl GnReluConv {
-    /// A copy of the precomputed result, on its device.
+    /// A copy of the precomputed result, on its device; the result itself is dropped here.
     fn take(&self) -> Result<(Storage, Shape)> {
-        let value = self.value.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-        let Some(value) = value.as_ref() else {
-            bail!("gn_relu_conv3d: the op's forward ran twice")
-        };
+        let taken =
+            self.value.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?.take();
+        let Some(value) = taken else { bail!("gn_relu_conv3d: the op's forward ran twice") };
         let (storage, layout) = value.storage_and_layout();
         Ok((storage.try_clone(layout)?, value.shape().clone()))
-    }
-
-    /// Drops the precomputed result once the op's output exists.
-    fn release(&self) {
-        if let Ok(mut v) = self.value.lock() {
-            v.take();
-        }
     }
 
     /// `(dx, d[γ, β, w…, b…])` from the output gradient.
@@ -125,22 +117,18 @@ impl GnReluConv {
     }
 
     fn cpu_result(&self) -> Result<(CpuStorage, Shape)> {
-        let out = match self.take()? {
+        match self.take()? {
             (Storage::Cpu(s), shape) => Ok((s, shape)),
             _ => bail!("gn_relu_conv3d: the precomputed result is not on the CPU"),
-        };
-        self.release();
-        out
+        }
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_result(&self) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = match self.take()? {
+        match self.take()? {
             (Storage::Cuda(s), shape) => Ok((s, shape)),
             _ => bail!("gn_relu_conv3d: the precomputed result is not on the GPU"),
-        };
-        self.release();
-        out
+        }
     }
 }
 

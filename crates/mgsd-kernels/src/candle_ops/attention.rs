@@ -22,23 +22,30 @@ const MODULE: &str = "mgsd_attention";
 /// # Shapes
 /// `q`: `(B, H, Nq, dh)`, `k`, `v`: `(B, H, Nk, dh)` → `(B, H, Nq, dh)`; f32, dh ∈ {32, 64}.
 pub fn no_softmax_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    check_operands("no_softmax_attention", q, k, v)?;
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Forward { scale })
+}
+
+/// What both attention ops take: `q` `(B, H, Nq, dh)`, `k` and `v` `(B, H, Nk, dh)`, f32,
+/// dh one of [`launch::HEAD_DIMS`]. `op` names the caller in the error.
+pub(super) fn check_operands(op: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
     let (b, h, _, dh) = q.dims4()?;
     let (kb, kh, _, kd) = k.dims4()?;
     if (kb, kh, kd) != (b, h, dh) || v.dims() != k.dims() {
         bail!(
-            "no_softmax_attention: q {:?}, k {:?}, v {:?} must be (B, H, Nq, dh), (B, H, Nk, dh) twice",
+            "{op}: q {:?}, k {:?}, v {:?} must be (B, H, Nq, dh), (B, H, Nk, dh) twice",
             q.shape(),
             k.shape(),
             v.shape()
         )
     }
     if [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3] {
-        bail!("no_softmax_attention: f32 only, got {:?}", q.dtype())
+        bail!("{op}: f32 only, got {:?}", q.dtype())
     }
     if !launch::HEAD_DIMS.contains(&dh) {
-        bail!("no_softmax_attention: head dim {dh} is not one of {:?}", launch::HEAD_DIMS)
+        bail!("{op}: head dim {dh} is not one of {:?}", launch::HEAD_DIMS)
     }
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Forward { scale })
+    Ok(())
 }
 
 /// Whether [`no_softmax_attention`] takes these shapes (the caller falls back otherwise).

@@ -17,6 +17,9 @@ use crate::launch::Launch;
 const MODULE: &str = "mgsd_group_norm";
 /// `THREADS` of the kernels.
 const THREADS: usize = 256;
+// The apply kernels stride by the .cu's compile-time THREADS, yet launch through the shared
+// `grid_stride`: the two block sizes must stay equal.
+const _: () = assert!(THREADS == super::GRID_STRIDE_THREADS);
 /// Elements one block of a reduction covers (64 per thread: short f32 partial sums).
 const PER_BLOCK: usize = 64 * THREADS;
 const TWIN: &str = "mgsd_nn::group_norm";

@@ -53,9 +53,9 @@ fn f32_5d(x: &Tensor, what: &str) -> Result<[usize; 5]> {
     Ok([n, c, d, h, w])
 }
 
-/// `(P = N·C, d, h, w)` of a 5-d layout, the spatial sizes as the kernels' `int`s.
-fn planes(l: &Layout) -> Result<(usize, [i32; 3])> {
-    let (n, c, d, h, w) = l.shape().dims5()?;
+/// `(P = N·C, d, h, w)` of a 5-d shape, the spatial sizes as the kernels' `int`s.
+fn planes(shape: &Shape) -> Result<(usize, [i32; 3])> {
+    let (n, c, d, h, w) = shape.dims5()?;
     Ok((n * c, [to_i32(d)?, to_i32(h)?, to_i32(w)?]))
 }
 
@@ -94,7 +94,7 @@ impl CustomOp1 for MaxPool {
 
     fn cuda_fwd(&self, sx: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = sx.device.clone();
-        let (_, [d, h, w]) = planes(lx)?;
+        let (_, [d, h, w]) = planes(lx.shape())?;
         let (n, c, ..) = lx.shape().dims5()?;
         let out = Shape::from((n, c, (d / 2) as usize, (h / 2) as usize, (w / 2) as usize));
         let total = out.elem_count();
@@ -132,8 +132,7 @@ impl CustomOp1 for MaxPoolBackward {
             bail!("{}: the forward has not run", self.name())
         };
         let dev = sdy.device.clone();
-        let in_layout = Layout::contiguous(self.input.clone());
-        let (_, [d, h, w]) = planes(&in_layout)?;
+        let (_, [d, h, w]) = planes(&self.input)?;
         let total = self.input.elem_count();
         let dy = view(sdy, ldy)?;
         // SAFETY: the kernel writes every element.
@@ -181,7 +180,7 @@ fn upsample_forward(
     skip: Option<(&CudaStorage, &Layout)>,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = sx.device.clone();
-    let (_, [d, h, w]) = planes(lx)?;
+    let (_, [d, h, w]) = planes(lx.shape())?;
     let (n, c, ..) = lx.shape().dims5()?;
     let out = Shape::from((n, c, 2 * d as usize, 2 * h as usize, 2 * w as usize));
     let total = out.elem_count();
@@ -271,7 +270,7 @@ impl CustomOp1 for UpsampleBackward {
 
     fn cuda_fwd(&self, sdy: &CudaStorage, ldy: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = sdy.device.clone();
-        let (_, [d, h, w]) = planes(&Layout::contiguous(self.0.clone()))?;
+        let (_, [d, h, w]) = planes(&self.0)?;
         let total = self.0.elem_count();
         let dy = view(sdy, ldy)?;
         // SAFETY: the kernel writes every element.
@@ -410,9 +409,8 @@ fn launch_pass(
 
 /// `(P, [d, h, w], [od, oh, ow])` as the kernels' ints.
 fn pool_sizes(input: &Shape, out: [usize; 3]) -> Result<(usize, [i32; 3], [i32; 3])> {
-    let (n, c, d, h, w) = input.dims5()?;
-    let o = [to_i32(out[0])?, to_i32(out[1])?, to_i32(out[2])?];
-    Ok((n * c, [to_i32(d)?, to_i32(h)?, to_i32(w)?], o))
+    let (p, dhw) = planes(input)?;
+    Ok((p, dhw, [to_i32(out[0])?, to_i32(out[1])?, to_i32(out[2])?]))
 }
 
 impl CustomOp1 for AdaptivePool {

@@ -13,9 +13,9 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
-use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::attention::heads;
+use super::attention::{check_operands, heads};
 use super::{config, cuda_only, launch_err, num_sms, to_i32, view};
 use crate::launch::{self, Dtype, Op};
 
@@ -29,22 +29,7 @@ const TWIN: &str = "mgsd_nn::cross_attention (softmax)";
 /// # Shapes
 /// `q`: `(B, H, Nq, dh)`, `k`, `v`: `(B, H, Nk, dh)` → `(B, H, Nq, dh)`; f32, dh ∈ {32, 64}.
 pub fn softmax_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    let (b, h, _, dh) = q.dims4()?;
-    let (kb, kh, _, kd) = k.dims4()?;
-    if (kb, kh, kd) != (b, h, dh) || v.dims() != k.dims() {
-        bail!(
-            "softmax_attention: q {:?}, k {:?}, v {:?} must be (B, H, Nq, dh), (B, H, Nk, dh) twice",
-            q.shape(),
-            k.shape(),
-            v.shape()
-        )
-    }
-    if [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3] {
-        bail!("softmax_attention: f32 only, got {:?}", q.dtype())
-    }
-    if !launch::HEAD_DIMS.contains(&dh) {
-        bail!("softmax_attention: head dim {dh} is not one of {:?}", launch::HEAD_DIMS)
-    }
+    check_operands("softmax_attention", q, k, v)?;
     let op = Forward { scale, lse: Arc::default() };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }

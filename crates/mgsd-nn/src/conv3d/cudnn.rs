@@ -139,6 +139,15 @@ struct CudnnBackwardData(ConvGeom);
 /// `dw` (flat, without the bias) from `dy` and `x`.
 struct CudnnBackwardFilter(ConvGeom);
 
+/// The cuDNN ops' weight operand: the weight flattened, then the bias, `[w…, b…]`.
+fn flat_weight(weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let w = weight.flatten_all()?;
+    match bias {
+        Some(b) => Tensor::cat(&[&w, b], 0),
+        None => w.contiguous(),
+    }
+}
+
 /// Elements of the weight in the flat operand.
 fn weight_len(g: &ConvGeom) -> usize {
     g.cout * g.k_rows()
@@ -199,12 +208,7 @@ pub(super) fn gradients(
     bias: Option<&Tensor>,
     dy: &Tensor,
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    let w = weight.flatten_all()?;
-    let wb = match bias {
-        Some(b) => Tensor::cat(&[&w, b], 0)?,
-        None => w.contiguous()?,
-    };
-    let dx = dy.apply_op2_no_bwd(&wb, &CudnnBackwardData(g))?;
+    let dx = dy.apply_op2_no_bwd(&flat_weight(weight, bias)?, &CudnnBackwardData(g))?;
     let dw = dy.apply_op2_no_bwd(x, &CudnnBackwardFilter(g))?.reshape(weight.shape())?;
     let db = match bias {
         Some(_) => Some(dy.sum((0, 2, 3, 4))?),
@@ -380,11 +384,7 @@ pub(super) fn forward(
     if x.dtype() != DType::F32 {
         bail!("conv3d (cuDNN): only f32 is supported, got {:?}", x.dtype())
     }
-    let w = weight.flatten_all()?;
-    let wb = match bias {
-        Some(b) => Tensor::cat(&[&w, b], 0)?,
-        None => w.contiguous()?,
-    };
+    let wb = flat_weight(weight, bias)?;
     let x = x.contiguous()?;
     match residual {
         Some(r) => x.apply_op3(&wb, &r.contiguous()?, CudnnForwardAdd(g)),
