@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Kernel sources under `src/kernels/`, one PTX each.
-const KERNELS: &[&str] = &["attention", "conv_epilogue", "group_norm", "resample"];
+const KERNELS: &[&str] = &["attention", "conv_bf16", "conv_epilogue", "group_norm", "resample"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

@@ -10,6 +10,8 @@
 # 2. one MGSD training step, ours against PyTorch eager on the same GPU, with peak memory
 #    (nvidia-smi's reading for both, PyTorch's allocator peaks too); sizes from STEP_ARGS;
 #    ours once more with `--recompute-norm false` (the GroupNorm outputs kept, not rebuilt);
+#    then bf16 mixed precision: ours with `--precision bf16` against PyTorch under bf16
+#    autocast, default layout and channels_last_3d;
 # 3. the demo workflow of mgsd-train on the GPU (unless SKIP_DEMO=1; DEMO_TIMEOUT, 120 s);
 # 4. with ATTENTION=1, the attention kernels' own check against PyTorch
 #    (crates/mgsd-kernels/gpu/check_attention.py, about 30 s).
@@ -71,24 +73,46 @@ with_peak() {
 }
 
 echo "== MGSD training step, $STEP_ARGS"
+: >"$out/step.jsonl"
+# One measured run of a step benchmark; its JSON line (with the memory peak) goes to step.jsonl.
+step() {
+  local line
+  line="$(with_peak "$@")" || { status=1; echo "FAILED: $*"; }
+  [ -n "$line" ] && echo "$line" | tee -a "$out/step.jsonl"
+}
 # shellcheck disable=SC2086
-ours="$(with_peak "$bin/step-bench" --device cuda $STEP_ARGS)" || status=1
-# shellcheck disable=SC2086
-theirs="$(with_peak "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS)" || status=1
-# The same step keeping the GroupNorm outputs (no recompute): the memory/time trade.
-# shellcheck disable=SC2086
-plain="$(with_peak "$bin/step-bench" --device cuda $STEP_ARGS --recompute-norm false)" || status=1
-echo "$ours" | tee "$out/step.jsonl"
-echo "$theirs" | tee -a "$out/step.jsonl"
-echo "$plain" | tee -a "$out/step.jsonl"
-"$PY" - "$ours" "$theirs" "$plain" <<'EOF' || status=1
+{
+  step "$bin/step-bench" --device cuda $STEP_ARGS
+  step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS
+  # The same step keeping the GroupNorm outputs (no recompute): the memory/time trade.
+  step "$bin/step-bench" --device cuda $STEP_ARGS --recompute-norm false
+  # bf16 mixed precision, ours and PyTorch's autocast in both layouts.
+  step "$bin/step-bench" --device cuda $STEP_ARGS --precision bf16
+  step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --amp bf16
+  step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --amp bf16 --channels-last
+}
+"$PY" - "$out/step.jsonl" <<'EOF' || status=1
 import json, sys
-a, b, c = (json.loads(v) for v in sys.argv[1:4])
-for name, x in (("candle", a), ("candle, no recompute", c)):
-    print(f"MGSD step on CUDA, width {x['width']}, patch {x['patch']}: {name} {x['median_s']:.3f} s, "
-          f"pytorch {b['median_s']:.3f} s, ratio {x['median_s'] / b['median_s']:.2f}; "
-          f"peak memory (nvidia-smi) {x['smi_peak_mib']} vs {b['smi_peak_mib']} MiB, "
-          f"ratio {x['smi_peak_mib'] / max(b['smi_peak_mib'], 1):.2f}")
+rows = []
+for line in open(sys.argv[1]):
+    try:
+        rows.append(json.loads(line))
+    except ValueError:
+        pass
+def torch_row(amp, channels_last=False):
+    return next((r for r in rows if r["impl"] == "pytorch" and r.get("amp", "off") == amp
+                 and r.get("channels_last", False) == channels_last), None)
+for x in rows:
+    if x["impl"] != "candle":
+        continue
+    bf16 = x.get("precision", "f32") != "f32"
+    for b in filter(None, (torch_row("bf16" if bf16 else "off"), bf16 and torch_row("bf16", True))):
+        print(f"MGSD step on CUDA, width {x['width']}, patch {x['patch']}: candle precision "
+              f"{x.get('precision', 'f32')}, recompute_norm {x['recompute_norm']}: {x['median_s']:.3f} s "
+              f"vs pytorch amp {b.get('amp', 'off')}{', channels_last' if b.get('channels_last') else ''} "
+              f"{b['median_s']:.3f} s, ratio {x['median_s'] / b['median_s']:.2f}; peak memory "
+              f"(nvidia-smi) {x['smi_peak_mib']} vs {b['smi_peak_mib']} MiB, "
+              f"ratio {x['smi_peak_mib'] / max(b['smi_peak_mib'], 1):.2f}")
 EOF
 
 if [ "${SKIP_DEMO:-0}" != 1 ]; then

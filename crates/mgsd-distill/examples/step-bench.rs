@@ -6,10 +6,11 @@
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p mgsd-distill --example step-bench -- \
 //!     [--width 8] [--patch 64,64,32] [--warmup 1] [--steps 3] [--device cpu|cuda] \
-//!     [--recompute-norm true|false]
+//!     [--recompute-norm true|false] [--precision f32|bf16]
 //! ```
 //! `--device cuda` needs a build with `--features mgsd-distill/cuda`; each step then ends with
-//! a device synchronisation so the time covers the GPU's work.
+//! a device synchronisation so the time covers the GPU's work. `--precision bf16` (CUDA only)
+//! runs the convolutions in bf16 mixed precision (`mgsd_nn::ConvPrecision`).
 //! Prints one JSON object: `{"median_s": …, "steps_s": […], …}`.
 
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use mgsd_distill::{MgsdConfig, MgsdObjective, ModalityMask};
+use mgsd_nn::ConvPrecision;
 
 struct Args {
     width: usize,
@@ -26,6 +28,7 @@ struct Args {
     steps: usize,
     cuda: bool,
     recompute_norm: bool,
+    precision: ConvPrecision,
 }
 
 fn parse() -> Result<Args, String> {
@@ -36,6 +39,7 @@ fn parse() -> Result<Args, String> {
         steps: 3,
         cuda: false,
         recompute_norm: true,
+        precision: ConvPrecision::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -56,6 +60,7 @@ fn parse() -> Result<Args, String> {
                 a.recompute_norm =
                     v.parse().map_err(|e| format!("--recompute-norm {v}: {e} (true or false)"))?
             }
+            "--precision" => a.precision = v.parse().map_err(|e| format!("--precision: {e}"))?,
             "--patch" => {
                 let p: Vec<usize> = v.split(',').map(num).collect::<Result<_, _>>()?;
                 a.patch = p.try_into().map_err(|_| format!("--patch {v}: want D,H,W"))?;
@@ -63,11 +68,15 @@ fn parse() -> Result<Args, String> {
             _ => return Err(format!("unknown argument {k}")),
         }
     }
+    if a.precision.is_bf16() && !a.cuda {
+        return Err(format!("--precision {}: bf16 convolutions need --device cuda", a.precision));
+    }
     Ok(a)
 }
 
 fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
     let dev = if a.cuda { Device::new_cuda(0)? } else { Device::Cpu };
+    mgsd_nn::set_conv_precision(a.precision);
     let cfg =
         MgsdConfig { width: a.width, recompute_norm: a.recompute_norm, ..MgsdConfig::default() };
     let mut obj = MgsdObjective::new(cfg, &dev, true)?;
@@ -105,11 +114,12 @@ fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     Ok(format!(
-        "{{\"impl\": \"candle\", \"device\": \"{}\", \"width\": {}, \"patch\": {:?}, \"recompute_norm\": {}, \"median_s\": {median:.4}, \"steps_s\": {times:?}}}",
+        "{{\"impl\": \"candle\", \"device\": \"{}\", \"width\": {}, \"patch\": {:?}, \"recompute_norm\": {}, \"precision\": \"{}\", \"median_s\": {median:.4}, \"steps_s\": {times:?}}}",
         if a.cuda { "cuda" } else { "cpu" },
         a.width,
         a.patch,
-        a.recompute_norm
+        a.recompute_norm,
+        a.precision
     ))
 }
 

@@ -1,4 +1,4 @@
-// Runs the kernels of ../src/kernels/resample.cu and conv_epilogue.cu on the CPU (through
+// Runs the kernels of ../src/kernels/resample.cu, conv_epilogue.cu and conv_bf16.cu on the CPU (through
 // cuda_host.h), so that mgsd-nn's test `cuda_kernels_on_host` can compare the CUDA source
 // itself with the CPU twins without a GPU. The grid is deliberately small (3 blocks of 32 threads) so that every
 // grid-stride loop takes several turns.
@@ -16,9 +16,15 @@
 //   conv_bias_add           y bias     -> y   (P = N, D = C, H = S, W = 1)
 //   conv_bias_residual_add  y bias r   -> y
 //   conv_residual_add       y r        -> y
-// Files are raw little-endian f32 (arg: u8). Exit status 2 on bad usage or I/O errors.
+//   f32_to_bf16             x          -> y   (P = N, D = C, H = S, W = 1; y NSC)
+//   bf16_to_f32             y          -> x
+//   bf16_to_f32_bias        y bias     -> x
+//   bf16_to_f32_bias_residual y bias r -> x
+//   bf16_to_f32_residual    y r        -> x
+// Files are raw little-endian f32 (arg: u8; the bf16 copies: u16 bit patterns). Exit status 2 on bad usage or I/O errors.
 #include "cuda_host.h"
 
+#include "../src/kernels/conv_bf16.cu"
 #include "../src/kernels/conv_epilogue.cu"
 #include "../src/kernels/resample.cu"
 
@@ -152,6 +158,28 @@ int main(int argc, char** argv) {
             else mgsd_conv_residual_add(y.data(), r.data(), in);
         });
         write(io[1 + bias + res], y);
+    } else if (k == "f32_to_bf16") {
+        // (N, C, S) = (p, d, h).
+        need(2);
+        const long long total = p * d * h;
+        auto x = read<float>(io[0], total);
+        std::vector<__nv_bfloat16> y(total, __nv_bfloat16{0xffff});
+        mgsd_launch(GRID, BLOCK, [&] { mgsd_f32_to_bf16(x.data(), y.data(), p, h, d); });
+        write(io[1], y);
+    } else if (k.rfind("bf16_to_f32", 0) == 0) {
+        const bool bias = k.find("bias") != std::string::npos;
+        const bool res = k.find("residual") != std::string::npos;
+        need(1 + bias + res + 1);
+        const long long total = p * d * h;
+        auto y = read<__nv_bfloat16>(io[0], total);
+        auto b = bias ? read<float>(io[1], d) : std::vector<float>();
+        auto r = res ? read<float>(io[1 + bias], total) : std::vector<float>();
+        std::vector<float> out(total, -1.0f);
+        mgsd_launch(GRID, BLOCK, [&] {
+            mgsd_bf16_to_f32(y.data(), bias ? b.data() : nullptr, res ? r.data() : nullptr,
+                             out.data(), p, h, d);
+        });
+        write(io[1 + bias + res], out);
     } else {
         fail("unknown kernel " + k);
     }

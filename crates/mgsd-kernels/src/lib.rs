@@ -25,7 +25,8 @@
 //! - `cuda` also builds [`candle_ops`]: the no-softmax attention kernels, the GroupNorm
 //!   kernels (`kernels/group_norm.cu`), the pooling, upsampling, LeakyReLU and adaptive
 //!   pooling kernels (`kernels/resample.cu`) as differentiable candle ops, and the in-place epilogue of the
-//!   cuDNN Conv3d (`kernels/conv_epilogue.cu`); `mgsd-nn` uses them on CUDA tensors. Both
+//!   cuDNN Conv3d (`kernels/conv_epilogue.cu`) with the bf16 copies of its bf16 mode
+//!   (`kernels/conv_bf16.cu`); `mgsd-nn` uses them on CUDA tensors. Both
 //!   attention variants are candle ops (`candle_ops::attention`,
 //!   `candle_ops::softmax_attention`), f32 only.
 #![warn(missing_docs)]
@@ -64,6 +65,13 @@ pub const CONV_EPILOGUE_CU: &str = include_str!("kernels/conv_epilogue.cu");
 /// The Conv3d epilogue kernels as PTX, compiled by `build.rs`.
 #[cfg(feature = "cuda")]
 pub const CONV_EPILOGUE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/conv_epilogue.ptx"));
+
+/// CUDA C++ source of the bf16 copies of the bf16 Conv3d (f32 → bf16, bf16 → f32 + epilogue).
+pub const CONV_BF16_CU: &str = include_str!("kernels/conv_bf16.cu");
+
+/// The bf16-copy kernels as PTX, compiled by `build.rs`.
+#[cfg(feature = "cuda")]
+pub const CONV_BF16_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/conv_bf16.ptx"));
 
 /// The nvcc that compiled `ATTENTION_PTX` (`"none"` without the `cuda` feature).
 pub const BUILT_WITH_NVCC: &str = env!("MGSD_KERNELS_NVCC");

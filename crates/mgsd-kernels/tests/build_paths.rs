@@ -52,11 +52,12 @@ fn carried_ptx_has_every_entry() {
     assert_ptx_complete(include_str!("../gpu/ptx/attention.ptx"), "gpu/ptx/attention.ptx");
 }
 
-/// The argument lists `candle_ops::resample` and `candle_ops::conv_epilogue` push, as PTX
+/// The argument lists `candle_ops::resample`, `candle_ops::conv_epilogue` and
+/// `candle_ops::conv_bf16` push, as PTX
 /// parameter types (`p`ointer and `l`ong long: .u64, `i`nt: .u32, `f`loat: .f32).
 #[cfg(feature = "cuda")]
 #[test]
-fn resample_and_epilogue_ptx_match_the_launches() {
+fn grid_stride_kernels_ptx_match_the_launches() {
     let ptx_type = |c: char| match c {
         'p' | 'l' => ".u64",
         'i' => ".u32",
@@ -86,5 +87,9 @@ fn resample_and_epilogue_ptx_match_the_launches() {
     ] {
         let want: Vec<String> = sig.chars().map(|c| ptx_type(c).to_owned()).collect();
         assert_eq!(entry_params(mgsd_kernels::CONV_EPILOGUE_PTX, name), Some(want), "{name}");
+    }
+    for (name, sig) in [("mgsd_f32_to_bf16", "pplli"), ("mgsd_bf16_to_f32", "pppplli")] {
+        let want: Vec<String> = sig.chars().map(|c| ptx_type(c).to_owned()).collect();
+        assert_eq!(entry_params(mgsd_kernels::CONV_BF16_PTX, name), Some(want), "{name}");
     }
 }

@@ -10,7 +10,8 @@
 //! extra column of the flattened weight matrix, so one op covers weight, bias and residual and
 //! candle's autograd splits the gradient back to the two parameters.
 //!
-//! On CUDA (the `cuda` feature) the convolution runs through cuDNN instead (`cudnn.rs`).
+//! On CUDA (the `cuda` feature) the convolution runs through cuDNN instead (`cudnn.rs`), in
+//! f32 or bf16 mixed precision ([`ConvPrecision`], `precision.rs`).
 
 mod avx512;
 pub use avx512::cpu_kernels;
@@ -21,6 +22,8 @@ mod cudnn;
 mod direct;
 #[cfg(feature = "cuda")]
 pub use cudnn::set_cudnn_tf32;
+mod precision;
+pub use precision::{conv_precision, set_conv_precision, ConvPrecision};
 mod strided_rows;
 mod transposed_rows;
 

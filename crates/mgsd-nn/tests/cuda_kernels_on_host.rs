@@ -2,8 +2,9 @@
 //! (`mgsd-kernels/src/kernels/resample.cu`), compiled as plain C++ with
 //! `mgsd-kernels/host/cuda_host.h` and run on the CPU, must compute bit for bit what this
 //! crate's CPU ops compute, forward and backward (adaptive average pooling included); the cuDNN
-//! Conv3d's epilogue
-//! (`conv_epilogue.cu`) must add bias and residual exactly as `y + (b[c] + r)`. Those kernels
+//! Conv3d's epilogue (`conv_epilogue.cu`) must add bias and residual exactly as
+//! `y + (b[c] + r)`, and its bf16 copies (`conv_bf16.cu`) must round to nearest even into
+//! channels-last order and widen back with the same epilogue. Those kernels
 //! use no shared memory, synchronisation or atomics, so running their threads one after
 //! another is exact; this is how CPU CI checks GPU code that it cannot launch.
 //!
@@ -257,5 +258,75 @@ fn conv_epilogue_adds_bias_and_residual_per_channel() {
         }
         let host = run(kernel, dims, 0.0, &inputs, 1);
         assert_same(kernel, &tensor(want, &[total]), &host[0]);
+    }
+}
+
+/// The bf16 copies of the bf16 cuDNN Conv3d (`conv_bf16.cu`): round to nearest even (as
+/// `half`) into channels-last `(N, S, C)` order, and back to f32 `(N, C, S)` with the
+/// epilogue's bias and residual, for sizes that leave partial 32-position tiles and channel
+/// counts that do not fill a block.
+#[test]
+fn bf16_copies_round_to_nearest_even_channels_last() {
+    if driver().is_none() {
+        return;
+    }
+    use half::bf16;
+    let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let raw16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    for (n, c, s) in [(2, 5, 37), (1, 3, 70), (1, 16, 32), (3, 1, 5)] {
+        let total = n * c * s;
+        let mut x = values(total, 31 + s as u64, None);
+        // Ties to even (down, then up), an infinity, a signed zero, a subnormal, and a value
+        // that rounds up to infinity.
+        let special =
+            [0x3f80_8000u32, 0x3f81_8000, 0x7f80_0000, 0x8000_0000, 0x0000_1234, 0x7f7f_ffff];
+        for (slot, bits) in x.iter_mut().zip(special) {
+            *slot = f32::from_bits(bits);
+        }
+        // Index of NCS element (b, ch, pos) in the NSC copy.
+        let copy_index = |i: usize| {
+            let (b, ch, pos) = (i / (c * s), (i / s) % c, i % s);
+            (b * s + pos) * c + ch
+        };
+        let mut want = vec![0u16; total];
+        for (i, v) in x.iter().enumerate() {
+            want[copy_index(i)] = bf16::from_f32(*v).to_bits();
+        }
+        let dims = [n, c, s, 1];
+        let host = run("f32_to_bf16", dims, 0.0, &[raw(&x)], 1);
+        let got: Vec<u16> =
+            host[0].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        assert_eq!(got, want, "f32 → bf16, (N, C, S) = {:?}", (n, c, s));
+
+        let b = values(c, 41, None);
+        let r = values(total, 43, None);
+        for (kernel, bias, res) in [
+            ("bf16_to_f32", false, false),
+            ("bf16_to_f32_bias", true, false),
+            ("bf16_to_f32_bias_residual", true, true),
+            ("bf16_to_f32_residual", false, true),
+        ] {
+            let expect: Vec<f32> = (0..total)
+                .map(|i| {
+                    let v = bf16::from_bits(want[copy_index(i)]).to_f32();
+                    match (bias, res) {
+                        (true, true) => v + (b[(i / s) % c] + r[i]),
+                        (true, false) => v + b[(i / s) % c],
+                        (false, true) => v + r[i],
+                        (false, false) => v,
+                    }
+                })
+                .collect();
+            let mut inputs = vec![raw16(&want)];
+            if bias {
+                inputs.push(raw(&b));
+            }
+            if res {
+                inputs.push(raw(&r));
+            }
+            let host = run(kernel, dims, 0.0, &inputs, 1);
+            let what = format!("{kernel}, (N, C, S) = {:?}", (n, c, s));
+            assert_same(&what, &tensor(expect, &[total]), &host[0]);
+        }
     }
 }

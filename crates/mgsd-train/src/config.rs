@@ -10,6 +10,7 @@
 
 use anyhow::{bail, Context, Result};
 use mgsd_io::ModalitySet;
+use mgsd_nn::ConvPrecision;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -427,6 +428,11 @@ pub struct RunConfig {
     /// `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Arithmetic of the convolutions on CUDA: `f32` (TF32 tensor cores, PyTorch's default) or
+    /// `bf16` mixed precision (PyTorch's bf16 autocast for convolutions). The CPU computes in
+    /// f32 only. At MGSD's width 16 bf16 is slower than f32 on an H200 (docs/BENCHMARKS.md).
+    #[serde(default, with = "precision_name")]
+    pub precision: ConvPrecision,
     /// Background data-loading threads.
     #[serde(default = "default_workers")]
     pub workers: usize,
@@ -453,6 +459,7 @@ impl Default for RunConfig {
         RunConfig {
             dir: default_run_dir(),
             device: default_device(),
+            precision: ConvPrecision::default(),
             workers: default_workers(),
             queue: default_queue(),
         }
@@ -631,6 +638,38 @@ pub fn parse_device(s: &str) -> Result<DeviceSpec> {
     }
 }
 
+/// `ConvPrecision` in TOML as its name (`"f32"`, `"bf16"`).
+mod precision_name {
+    use mgsd_nn::ConvPrecision;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &ConvPrecision, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&p.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ConvPrecision, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Sets the convolutions' arithmetic for `device`: bf16 needs a CUDA device.
+///
+/// # Errors
+/// A bf16 precision on the CPU.
+pub fn set_precision(precision: ConvPrecision, device: &candle_core::Device) -> Result<()> {
+    if precision.is_bf16() && !device.is_cuda() {
+        bail!(
+            "precision {precision} needs a CUDA device (--device cuda); the CPU computes in f32 \
+             (set `precision = \"f32\"` in [run] or leave out --precision)"
+        )
+    }
+    mgsd_nn::set_conv_precision(precision);
+    if precision.is_bf16() {
+        tracing::info!(%precision, "convolutions in bf16 mixed precision");
+    }
+    Ok(())
+}
+
 /// Opens a device. CUDA needs the `cuda` feature; without it the error says how to get it.
 ///
 /// # Errors
@@ -699,6 +738,23 @@ mod tests {
             Config::from_toml("[data]\nroot = \"x\"\n[train]\nsampler = \"bogus\"\n", "s.toml")
                 .unwrap_err();
         assert!(format!("{err:#}").contains("bogus"));
+    }
+
+    #[test]
+    fn precision_parses_round_trips_and_needs_cuda_for_bf16() {
+        let c = Config::from_toml("[data]\nroot = \"x\"\n[run]\nprecision = \"bf16\"\n", "b.toml")
+            .unwrap();
+        assert_eq!(c.run.precision, ConvPrecision::Bf16);
+        assert_eq!(Config::from_toml(&c.to_toml().unwrap(), "round trip").unwrap(), c);
+        let d = Config::from_toml("[data]\nroot = \"x\"\n", "d.toml").unwrap();
+        assert_eq!(d.run.precision, ConvPrecision::F32);
+        let err = Config::from_toml("[data]\nroot = \"x\"\n[run]\nprecision = \"fp8\"\n", "p.toml")
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("p.toml") && msg.contains("fp8") && msg.contains("bf16"), "{msg}");
+        let err = set_precision(ConvPrecision::Bf16, &candle_core::Device::Cpu).unwrap_err();
+        assert!(format!("{err:#}").contains("needs a CUDA device"), "{err:#}");
+        set_precision(ConvPrecision::F32, &candle_core::Device::Cpu).unwrap();
     }
 
     #[test]

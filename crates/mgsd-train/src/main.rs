@@ -7,8 +7,9 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mgsd_io::{Modality, ModalitySet};
+use mgsd_nn::ConvPrecision;
 use mgsd_train::checkpoint;
-use mgsd_train::config::{open_device, parse_device, Config, ProtocolConfig};
+use mgsd_train::config::{open_device, parse_device, set_precision, Config, ProtocolConfig};
 use mgsd_train::data::{read_manifest, split_with_file, CaseStore};
 use mgsd_train::eval::evaluate;
 use mgsd_train::model::unet_from_checkpoint;
@@ -29,6 +30,10 @@ struct Cli {
     /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, global = true)]
     device: Option<String>,
+    /// Convolution arithmetic on CUDA: f32 (default; TF32 tensor cores) or bf16 mixed
+    /// precision. Overrides `[run] precision` of a training config.
+    #[arg(long, global = true)]
+    precision: Option<ConvPrecision>,
     /// Hide progress bars.
     #[arg(long, global = true)]
     quiet: bool,
@@ -163,7 +168,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     let progress = !cli.quiet;
     match cli.command {
-        None => demo(cli.demo_config.as_deref(), cli.device, cli.run_dir, progress),
+        None => demo(cli.demo_config.as_deref(), cli.device, cli.precision, cli.run_dir, progress),
         Some(Command::Train { config, resume }) => {
             let path = match (&config, &resume) {
                 (Some(c), _) => c.clone(),
@@ -176,6 +181,9 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(d) = cli.device {
                 parse_device(&d)?;
                 cfg.run.device = d;
+            }
+            if let Some(p) = cli.precision {
+                cfg.run.precision = p;
             }
             sigint::install();
             let opts = RunOptions { resume, stop: stop_flag(), progress, ..RunOptions::default() };
@@ -207,6 +215,7 @@ fn run(cli: Cli) -> Result<()> {
             sliding_window,
         }) => {
             let device = open_device(parse_device(cli.device.as_deref().unwrap_or("cpu"))?)?;
+            set_precision(cli.precision.unwrap_or_default(), &device)?;
             let ckpt = checkpoint::load(&checkpoint, &device)?;
             let unet = unet_from_checkpoint(&ckpt, &device)?;
             let protocol = protocol_of(&ckpt)?;
@@ -274,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
             sliding_window,
         }) => {
             let device = open_device(parse_device(cli.device.as_deref().unwrap_or("cpu"))?)?;
+            set_precision(cli.precision.unwrap_or_default(), &device)?;
             let modalities = modalities
                 .map(|v| {
                     v.iter()
@@ -365,6 +375,7 @@ fn timestamp() -> String {
 fn demo(
     config: Option<&Path>,
     device: Option<String>,
+    precision: Option<ConvPrecision>,
     run_dir: Option<PathBuf>,
     progress: bool,
 ) -> Result<()> {
@@ -376,6 +387,9 @@ fn demo(
     if let Some(d) = device {
         parse_device(&d)?;
         cfg.run.device = d;
+    }
+    if let Some(p) = precision {
+        cfg.run.precision = p;
     }
     cfg.run.dir = run_dir.unwrap_or_else(|| cfg.run.dir.join(timestamp()));
     println!(

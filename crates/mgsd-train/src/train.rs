@@ -20,7 +20,9 @@
 //! at the current step and returns.
 
 use crate::checkpoint::{self, Meta};
-use crate::config::{open_device, parse_device, Config, Normalisation, Protocol, ProtocolConfig};
+use crate::config::{
+    open_device, parse_device, set_precision, Config, Normalisation, Protocol, ProtocolConfig,
+};
 use crate::data::{
     mix, read_manifest, split_random, split_with_file, stream, CaseStore, Loader, SampleSource,
     Splits,
@@ -469,6 +471,7 @@ pub fn train(cfg: &Config, opts: &RunOptions) -> Result<TrainOutcome> {
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("creating run directory {}", run_dir.display()))?;
     let device = open_device(parse_device(&cfg.run.device)?)?;
+    set_precision(cfg.run.precision, &device)?;
     let seed = cfg.train.seed;
 
     // Data.

@@ -4,6 +4,7 @@
 //! the CPU twins live in `mgsd-nn`, which picks the op by device.
 
 pub mod attention;
+pub mod conv_bf16;
 pub mod conv_epilogue;
 pub mod group_norm;
 pub mod resample;
