@@ -12,6 +12,7 @@
 #    ours once more with `--recompute-norm false` (the GroupNorm outputs kept, not rebuilt);
 #    then bf16 mixed precision: ours with `--precision bf16` against PyTorch under bf16
 #    autocast, default layout and channels_last_3d;
+#    (unless SKIP_STEP=1);
 # 3. the demo workflow of mgsd-train on the GPU (unless SKIP_DEMO=1; DEMO_TIMEOUT, 120 s);
 # 4. with ATTENTION=1, the attention kernels' own check against PyTorch
 #    (crates/mgsd-kernels/gpu/check_attention.py, about 30 s).
@@ -72,26 +73,27 @@ with_peak() {
   return $rc
 }
 
-echo "== MGSD training step, $STEP_ARGS"
-: >"$out/step.jsonl"
-# One measured run of a step benchmark; its JSON line (with the memory peak) goes to step.jsonl.
-step() {
-  local line
-  line="$(with_peak "$@")" || { status=1; echo "FAILED: $*"; }
-  [ -n "$line" ] && echo "$line" | tee -a "$out/step.jsonl"
-}
-# shellcheck disable=SC2086
-{
-  step "$bin/step-bench" --device cuda $STEP_ARGS
-  step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS
-  # The same step keeping the GroupNorm outputs (no recompute): the memory/time trade.
-  step "$bin/step-bench" --device cuda $STEP_ARGS --recompute-norm false
-  # bf16 mixed precision, ours and PyTorch's autocast in both layouts.
-  step "$bin/step-bench" --device cuda $STEP_ARGS --precision bf16
-  step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --amp bf16
-  step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --amp bf16 --channels-last
-}
-"$PY" - "$out/step.jsonl" <<'EOF' || status=1
+if [ "${SKIP_STEP:-0}" != 1 ]; then
+  echo "== MGSD training step, $STEP_ARGS"
+  : >"$out/step.jsonl"
+  # One measured run of a step benchmark; its JSON line (with the memory peak) goes to step.jsonl.
+  step() {
+    local line
+    line="$(with_peak "$@")" || { status=1; echo "FAILED: $*"; }
+    [ -n "$line" ] && echo "$line" | tee -a "$out/step.jsonl"
+  }
+  # shellcheck disable=SC2086
+  {
+    step "$bin/step-bench" --device cuda $STEP_ARGS
+    step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS
+    # The same step keeping the GroupNorm outputs (no recompute): the memory/time trade.
+    step "$bin/step-bench" --device cuda $STEP_ARGS --recompute-norm false
+    # bf16 mixed precision, ours and PyTorch's autocast in both layouts.
+    step "$bin/step-bench" --device cuda $STEP_ARGS --precision bf16
+    step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --amp bf16
+    step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --amp bf16 --channels-last
+  }
+  "$PY" - "$out/step.jsonl" <<'EOF' || status=1
 import json, sys
 rows = []
 for line in open(sys.argv[1]):
@@ -114,6 +116,7 @@ for x in rows:
               f"(nvidia-smi) {x['smi_peak_mib']} vs {b['smi_peak_mib']} MiB, "
               f"ratio {x['smi_peak_mib'] / max(b['smi_peak_mib'], 1):.2f}")
 EOF
+fi
 
 if [ "${SKIP_DEMO:-0}" != 1 ]; then
   echo "== mgsd-train demo on CUDA"

@@ -69,9 +69,16 @@ def plan_outer(bh, n, dh, num_sms, rows=None):
     return dict(grid=(cdiv(n, rows), bh, 1), block=(threads, 1, 1), rows_per_block=rows)
 
 
-def plan_apply(bh, n, dh):
+APPLY_BF16_MAX_TILES = 8  # tensor-core apply: up to this many row tiles per block
+
+
+def plan_apply(bh, n, dh, dt, num_sms):
     rt = (APPLY_THREADS // (dh // 8)) * 2
-    return dict(grid=(cdiv(n, rt), bh, 1), block=(APPLY_THREADS, 1, 1), rows_tile=rt)
+    tiles = cdiv(n, rt)
+    per_block = 1
+    if dt == "bf16":  # the kernel takes ceil(tiles / grid.x) tiles per block
+        per_block = min(max(cdiv(tiles, cdiv(num_sms * 8, bh)), 1), APPLY_BF16_MAX_TILES)
+    return dict(grid=(cdiv(tiles, per_block), bh, 1), block=(APPLY_THREADS, 1, 1), rows_tile=rt)
 
 
 def plan_query_parallel(bh, nq, dh):
@@ -285,7 +292,7 @@ class Ops:
 
     def apply(self, x, m, out, alpha, transpose):
         bh, n, dh = heads(x)
-        p = plan_apply(bh, n, dh)
+        p = plan_apply(bh, n, dh, self._dt(x), self.num_sms)
 
         def emu():
             mm = m.double().transpose(1, 2) if transpose else m.double()
@@ -821,8 +828,10 @@ def main():
         num_sms = 132
         for (label, b, h, nq, nk, dh) in CHECK_SHAPES:
             bh = b * h
-            for p in (plan_outer(bh, nk, dh, num_sms), plan_outer(bh, nq, dh, num_sms), plan_apply(bh, nq, dh),
-                      plan_apply(bh, nk, dh), plan_query_parallel(bh, nq, dh), plan_pre(bh * nq, dh),
+            for p in (plan_outer(bh, nk, dh, num_sms), plan_outer(bh, nq, dh, num_sms), plan_apply(bh, nq, dh, "f32", num_sms),
+                      plan_apply(bh, nk, dh, "f32", num_sms), plan_apply(bh, nq, dh, "bf16", num_sms),
+                      plan_apply(bh, nk, dh, "bf16", num_sms),
+                      plan_query_parallel(bh, nq, dh), plan_pre(bh * nq, dh),
                       plan_dkdv(bh, nq, nk, dh, num_sms), plan_cast(bh * nk * dh)):
                 check_plan(p)
             po = plan_outer(bh, nq, dh, num_sms)
@@ -830,7 +839,8 @@ def main():
             assert po["grid"][0] * po["rows_per_block"] >= nq > (po["grid"][0] - 1) * po["rows_per_block"]
             assert pk["grid"][2] * pk["q_per_block"] >= nq > (pk["grid"][2] - 1) * pk["q_per_block"]
             log(f"plan {label}: outer(q) {po['grid']}x{po['block'][0]} rows {po['rows_per_block']}; "
-                f"apply(q) {plan_apply(bh, nq, dh)['grid']}; sm {plan_query_parallel(bh, nq, dh)['grid']}; "
+                f"apply(q) {plan_apply(bh, nq, dh, 'f32', num_sms)['grid']} "
+                f"(bf16 {plan_apply(bh, nq, dh, 'bf16', num_sms)['grid']}); sm {plan_query_parallel(bh, nq, dh)['grid']}; "
                 f"dkdv {pk['grid']} q/block {pk['q_per_block']}")
         ops = Ops(num_sms)
         check_shapes, bench_shapes = DRY_CHECK_SHAPES, DRY_BENCH_SHAPES

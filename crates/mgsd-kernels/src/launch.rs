@@ -41,6 +41,9 @@ const OUTER_ROWS_TILE: usize = 32;
 const SOFTMAX_THREADS: usize = 128;
 /// Threads per block of [`Op::Apply`], [`Op::SoftmaxBackwardPre`] and the cast.
 const WIDE_THREADS: usize = 256;
+/// Most row tiles one block of the bf16 (tensor-core) [`Op::Apply`] takes: it rounds M into
+/// two bf16 matrices once per block, which several tiles share when there are rows enough.
+const APPLY_BF16_MAX_TILES: usize = 8;
 
 /// Errors of the launch-geometry functions.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -185,11 +188,26 @@ pub fn outer(bh: usize, n: usize, head_dim: usize, num_sms: usize) -> Result<(La
     Ok((Launch::new([n.div_ceil(rows), bh, 1], threads)?, rows as u32))
 }
 
-/// [`Op::Apply`] over `n` rows per head.
-pub fn apply(bh: usize, n: usize, head_dim: usize) -> Result<Launch> {
+/// [`Op::Apply`] over `n` rows per head, in tiles of `2·256/(dh/8)` rows (128 or 64). In f32 a
+/// block takes one tile. In bf16 a block takes `ceil(tiles / grid.x)` tiles (the kernel derives
+/// it from its grid): one while that leaves fewer than 8 blocks per multiprocessor, up to
+/// [`APPLY_BF16_MAX_TILES`] beyond.
+pub fn apply(bh: usize, n: usize, head_dim: usize, dtype: Dtype, num_sms: usize) -> Result<Launch> {
     check_sizes(bh, n, head_dim)?;
-    let rows_tile = (WIDE_THREADS / (head_dim / 8)) * 2;
-    Launch::new([n.div_ceil(rows_tile), bh, 1], WIDE_THREADS)
+    let tiles = n.div_ceil(apply_tile_rows(head_dim));
+    let per_block = match dtype {
+        Dtype::F32 => 1,
+        Dtype::Bf16 => {
+            let blocks_per_head = (num_sms.max(1) * 8).div_ceil(bh);
+            tiles.div_ceil(blocks_per_head).clamp(1, APPLY_BF16_MAX_TILES)
+        }
+    };
+    Launch::new([tiles.div_ceil(per_block), bh, 1], WIDE_THREADS)
+}
+
+/// Rows of one [`Op::Apply`] tile: 128 for head dim 32, 64 for 64.
+pub fn apply_tile_rows(head_dim: usize) -> usize {
+    (WIDE_THREADS / (head_dim / 8)) * 2
 }
 
 /// [`Op::SoftmaxForward`] and [`Op::SoftmaxBackwardDq`]: `128 / (dh/32)` queries per block.
@@ -314,7 +332,8 @@ mod tests {
         assert_eq!((l.grid, l.block[0], rows), ([60, 16, 1], 64, 128));
         let (l, rows) = outer(16, 120, 32, NUM_SMS).unwrap();
         assert_eq!((l.grid, rows), ([1, 16, 1], 128));
-        assert_eq!(apply(16, 7680, 32).unwrap().grid, [60, 16, 1]);
+        assert_eq!(apply(16, 7680, 32, Dtype::F32, NUM_SMS).unwrap().grid, [60, 16, 1]);
+        assert_eq!(apply(16, 7680, 32, Dtype::Bf16, NUM_SMS).unwrap().grid, [60, 16, 1]);
         assert_eq!(query_parallel(16, 7680, 32).unwrap().grid, [60, 16, 1]);
         let (l, qpb) = softmax_backward_dkdv(16, 7680, 120, 32, NUM_SMS).unwrap();
         assert_eq!((l.grid, qpb), ([1, 16, 15], 512));
@@ -323,7 +342,9 @@ mod tests {
         assert_eq!((l.grid, l.block[0], rows), ([33, 16, 1], 256, 3040));
         let (l, rows) = outer(16, 1024, 64, NUM_SMS).unwrap();
         assert_eq!((l.grid, rows), ([8, 16, 1], 128));
-        assert_eq!(apply(16, 100_000, 64).unwrap().grid, [1563, 16, 1]);
+        assert_eq!(apply(16, 100_000, 64, Dtype::F32, NUM_SMS).unwrap().grid, [1563, 16, 1]);
+        assert_eq!(apply(16, 100_000, 64, Dtype::Bf16, NUM_SMS).unwrap().grid, [196, 16, 1]);
+        assert_eq!(apply(16, 1024, 64, Dtype::Bf16, NUM_SMS).unwrap().grid, [16, 16, 1]);
         assert_eq!(query_parallel(16, 100_000, 64).unwrap().grid, [1563, 16, 1]);
         let (l, qpb) = softmax_backward_dkdv(16, 100_000, 1024, 64, NUM_SMS).unwrap();
         assert_eq!((l.grid, qpb), ([16, 16, 2], 50_048));
@@ -344,8 +365,14 @@ mod tests {
                     let covered = l.grid[2] as usize * qpb as usize;
                     assert!(covered >= n && covered - (qpb as usize) < n, "dkdv {bh} {n} {dh}");
                     assert!(l.grid[0] as usize * (128 / (dh / 32)) >= 77);
-                    let rows_tile = 512 / (dh / 8);
-                    assert!(apply(bh, n, dh).unwrap().grid[0] as usize * rows_tile >= n);
+                    for dt in [Dtype::F32, Dtype::Bf16] {
+                        // The kernel's split: ceil(tiles / grid.x) tiles per block.
+                        let tiles = n.div_ceil(apply_tile_rows(dh));
+                        let blocks = apply(bh, n, dh, dt, NUM_SMS).unwrap().grid[0] as usize;
+                        let per_block = tiles.div_ceil(blocks);
+                        assert!(per_block <= APPLY_BF16_MAX_TILES, "apply {n} {dh}");
+                        assert!((blocks - 1) * per_block < tiles, "apply {n} {dh}: idle block");
+                    }
                     let pre = softmax_backward_pre(bh * n, dh).unwrap();
                     assert!(pre.grid[0] as usize * (256 / (dh / 4)) >= bh * n);
                 }
@@ -355,11 +382,12 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_errors() {
-        assert_eq!(apply(0, 10, 32), Err(LaunchError::Empty("B·H")));
+        assert_eq!(apply(0, 10, 32, Dtype::F32, NUM_SMS), Err(LaunchError::Empty("B·H")));
         assert_eq!(query_parallel(1, 0, 32), Err(LaunchError::Empty("rows")));
         assert_eq!(outer(1, 10, 16, NUM_SMS), Err(LaunchError::UnsupportedHeadDim(16)));
-        assert!(matches!(apply(70_000, 10, 32), Err(LaunchError::TooLarge { .. })));
-        assert!(matches!(apply(2, 1 << 31, 32), Err(LaunchError::TooLarge { .. })));
+        let too_large = |r| matches!(r, Err(LaunchError::TooLarge { .. }));
+        assert!(too_large(apply(70_000, 10, 32, Dtype::F32, NUM_SMS)));
+        assert!(too_large(apply(2, 1 << 31, 32, Dtype::Bf16, NUM_SMS)));
         assert!(matches!(cast(0), Err(LaunchError::Empty(_))));
         assert_eq!(cast(1000).unwrap().grid, [4, 1, 1]);
     }

@@ -96,7 +96,7 @@ fn apply(
     (bh, n, dh): (usize, usize, usize),
     (alpha, transpose): (f32, bool),
 ) -> Result<()> {
-    let l = launch::apply(bh, n, dh).map_err(launch_err)?;
+    let l = launch::apply(bh, n, dh, Dtype::F32, num_sms(dev)).map_err(launch_err)?;
     let name = launch::kernel_name(Op::Apply, Dtype::F32, dh).map_err(launch_err)?;
     let func = dev.get_or_load_custom_func(&name, MODULE, crate::ATTENTION_PTX)?;
     let (n, t) = (to_i32(n)?, i32::from(transpose));

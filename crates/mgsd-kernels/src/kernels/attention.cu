@@ -13,6 +13,10 @@
 //               dk = v dMᵀ               mgsd_attn_apply   (alpha 1, transposed)
 //               dv = k dM                mgsd_attn_apply   (alpha 1)
 //     `outer` accumulates with atomicAdd into a zeroed f32 (B·H, dh, dh) buffer.
+//     In bf16 both run on tensor cores (WMMA 16×16×16, f32 accumulation); `outer` with the
+//     f32 kernel's launch geometry, `apply` with several row tiles per block (launch.rs). `apply`
+//     splits the f32 M into two bf16 terms (hi + lo), so M loses nothing to the bf16 operand
+//     format.
 //
 // (b) Softmax, out = softmax(scale · q kᵀ) v:
 //     forward   mgsd_attn_sm_fwd: keys/values of one head staged through shared memory in
@@ -30,6 +34,9 @@
 // GPU check script `gpu/check_attention.py` follows it. Keep the three in step.
 
 #include <cuda_bf16.h>
+#include <mma.h>
+
+#include <type_traits>
 
 typedef __nv_bfloat16 bf16;
 
@@ -241,6 +248,213 @@ __device__ __forceinline__ void apply_impl(const T* __restrict__ x, const float*
             store4(ob + (size_t)i * DH + cg * 4, scale4(alpha, acc0[rr]));
             store4(ob + (size_t)i * DH + DH / 2 + cg * 4, scale4(alpha, acc1[rr]));
         }
+    }
+}
+
+// ---- (a) no softmax, bf16 on tensor cores ----------------------------------------------------
+
+namespace wmma = nvcuda::wmma;
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> AccTile;
+
+// outer_impl for bf16: the same block, grid and result, the (DH/16)² 16×16 tiles of the DH×DH
+// result spread over the warps (2 each), rows staged through shared memory 32 at a time (zero
+// past the block's last row), Aᵀ read as a column-major fragment.
+template <int DH>
+__device__ __forceinline__ void outer_tc_impl(const bf16* __restrict__ A,
+                                              const bf16* __restrict__ Bm, float* __restrict__ out,
+                                              int n, int rows_per_block, float alpha) {
+    constexpr int THREADS = (DH / 4) * (DH / 4);  // as outer_impl: 64 (dh 32) or 256 (dh 64)
+    constexpr int WARPS = THREADS / 32;
+    constexpr int CT = DH / 16;                   // tiles per side
+    constexpr int PER_WARP = CT * CT / WARPS;     // 2
+    static_assert(PER_WARP * WARPS == CT * CT && CT % PER_WARP == 0, "tiles split over warps");
+    constexpr int RT = 32;                        // rows per shared-memory tile
+    constexpr int CHUNKS = RT * DH / 8;           // 16-byte chunks per staged array
+    // Rows padded by 16 bytes, so that the fragment loads and stores hit distinct banks.
+    constexpr int LDB = DH + 8;
+    constexpr int LDF = DH + 4;
+    __shared__ __align__(32) bf16 sa[RT][LDB];
+    __shared__ __align__(32) bf16 sb[RT][LDB];
+    __shared__ __align__(32) float so[DH][LDF];
+
+    const int bh = blockIdx.y;
+    const int i0 = blockIdx.x * rows_per_block;
+    const int i1 = min(n, i0 + rows_per_block);
+    const bf16* a = A + (size_t)bh * n * DH;
+    const bf16* b = Bm + (size_t)bh * n * DH;
+    const int tid = threadIdx.x;
+    const int warp = tid / 32;
+    // This warp's tiles: (ta, tc0 + j), j < PER_WARP (one row of tiles, so one A fragment).
+    const int t0 = warp * PER_WARP;
+    const int ta = t0 / CT;
+    const int tc0 = t0 % CT;
+
+    AccTile acc[PER_WARP];
+#pragma unroll
+    for (int j = 0; j < PER_WARP; ++j) wmma::fill_fragment(acc[j], 0.f);
+
+    for (int r0 = i0; r0 < i1; r0 += RT) {
+        for (int e = tid; e < CHUNKS; e += THREADS) {
+            const int r = e / (DH / 8);
+            const int c8 = (e % (DH / 8)) * 8;
+            const int i = r0 + r;
+            uint4 va = make_uint4(0, 0, 0, 0), vb = va;
+            if (i < i1) {
+                va = *reinterpret_cast<const uint4*>(a + (size_t)i * DH + c8);
+                vb = *reinterpret_cast<const uint4*>(b + (size_t)i * DH + c8);
+            }
+            *reinterpret_cast<uint4*>(&sa[r][c8]) = va;
+            *reinterpret_cast<uint4*>(&sb[r][c8]) = vb;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < RT / 16; ++ks) {
+            // Element (m, k) of Aᵀ is sa[ks·16 + k][ta·16 + m]: column-major with ldm LDB.
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> fa;
+            wmma::load_matrix_sync(fa, &sa[ks * 16][ta * 16], LDB);
+#pragma unroll
+            for (int j = 0; j < PER_WARP; ++j) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> fb;
+                wmma::load_matrix_sync(fb, &sb[ks * 16][(tc0 + j) * 16], LDB);
+                wmma::mma_sync(acc[j], fa, fb, acc[j]);
+            }
+        }
+        __syncthreads();
+    }
+    if (i0 >= i1) return;
+#pragma unroll
+    for (int j = 0; j < PER_WARP; ++j)
+        wmma::store_matrix_sync(&so[ta * 16][(tc0 + j) * 16], acc[j], LDF, wmma::mem_row_major);
+    __syncthreads();
+    float* o = out + (size_t)bh * DH * DH;
+    for (int e = tid; e < DH * DH; e += THREADS) atomicAdd(o + e, alpha * so[e / DH][e % DH]);
+}
+
+// apply_impl for bf16 on tensor cores: 256 threads, rows in tiles of RT (128 for dh 32, 64 for
+// dh 64), ceil(tiles / gridDim.x) consecutive tiles per block (launch.rs picks the grid). Mx is
+// rounded once per block into two bf16 matrices hi + lo in shared memory (row by row in Mx's
+// order, so the stores are conflict-free even when transposed); per tile each warp owns one
+// 16-row slice and PER_WARP 16-column slices of the result and computes x·hi + x·lo, while the
+// next tile's rows are already loading into registers. Grid: (≤ ceil(n / RT), B·H).
+template <int DH>
+__device__ __forceinline__ void apply_tc_impl(const bf16* __restrict__ x,
+                                              const float* __restrict__ m, bf16* __restrict__ out,
+                                              int n, float alpha, int transpose) {
+    constexpr int THREADS = 256;
+    constexpr int WARPS = THREADS / 32;
+    constexpr int RT = (THREADS / (DH / 8)) * 2;  // rows per tile: 128 (dh 32) or 64 (dh 64)
+    constexpr int RTILES = RT / 16;
+    constexpr int CT = DH / 16;
+    constexpr int PER_WARP = RTILES * CT / WARPS;  // 2
+    static_assert(WARPS % RTILES == 0 && (WARPS / RTILES) * PER_WARP == CT, "tiles over warps");
+    constexpr int LOADS = RT * (DH / 8) / THREADS;  // 16-byte chunks of a tile per thread: 2
+    static_assert(LOADS * THREADS == RT * (DH / 8), "a tile splits evenly over the threads");
+    // Rows padded by 16 bytes, so that the fragment loads and stores hit distinct banks.
+    constexpr int LDB = DH + 8;
+    constexpr int LDF = DH + 4;
+    __shared__ __align__(32) bf16 s_hi[DH][LDB];
+    __shared__ __align__(32) bf16 s_lo[DH][LDB];
+    __shared__ __align__(32) bf16 sx[RT][LDB];
+    __shared__ __align__(32) float so[RT][LDF];
+
+    const int bh = blockIdx.y;
+    const int tiles_per_block = ((n + RT - 1) / RT + gridDim.x - 1) / gridDim.x;
+    const int first = blockIdx.x * tiles_per_block * RT;
+    const int last = min(n, first + tiles_per_block * RT);
+    const int tid = threadIdx.x;
+    const bf16* xb = x + (size_t)bh * n * DH;
+    bf16* ob = out + (size_t)bh * n * DH;
+
+    // Rows [r0, r0 + RT) of x into registers, zero past `last`.
+    uint4 px[LOADS];
+    auto load_tile = [&](int r0) {
+#pragma unroll
+        for (int l = 0; l < LOADS; ++l) {
+            const int e = tid + l * THREADS;
+            const int i = r0 + e / (DH / 8);
+            px[l] = make_uint4(0, 0, 0, 0);
+            if (i < last) px[l] = *reinterpret_cast<const uint4*>(xb + (size_t)i * DH + (e % (DH / 8)) * 8);
+        }
+    };
+    load_tile(first);
+
+    // Mx[r][c] = M[r][c], or M[c][r] when transposed, as hi + lo; two columns per thread.
+    const float* mb = m + (size_t)bh * DH * DH;
+    for (int e = tid; e < DH * DH / 2; e += THREADS) {
+        const int r = e / (DH / 2);
+        const int c = (e % (DH / 2)) * 2;
+        const float v0 = transpose ? mb[c * DH + r] : mb[r * DH + c];
+        const float v1 = transpose ? mb[(c + 1) * DH + r] : mb[r * DH + c + 1];
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(v0, v1);
+        const float2 hf = __bfloat1622float2(hi);
+        *reinterpret_cast<__nv_bfloat162*>(&s_hi[r][c]) = hi;
+        *reinterpret_cast<__nv_bfloat162*>(&s_lo[r][c]) = __floats2bfloat162_rn(v0 - hf.x, v1 - hf.y);
+    }
+
+    const int warp = tid / 32;
+    const int rt = warp % RTILES;
+    const int tc0 = (warp / RTILES) * PER_WARP;
+    for (int r0 = first; r0 < last; r0 += RT) {
+#pragma unroll
+        for (int l = 0; l < LOADS; ++l) {
+            const int e = tid + l * THREADS;
+            *reinterpret_cast<uint4*>(&sx[e / (DH / 8)][(e % (DH / 8)) * 8]) = px[l];
+        }
+        __syncthreads();  // sx (and, the first time, hi/lo) complete
+        if (r0 + RT < last) load_tile(r0 + RT);
+
+        AccTile acc[PER_WARP];
+#pragma unroll
+        for (int j = 0; j < PER_WARP; ++j) wmma::fill_fragment(acc[j], 0.f);
+#pragma unroll
+        for (int kt = 0; kt < DH / 16; ++kt) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fx;
+            wmma::load_matrix_sync(fx, &sx[rt * 16][kt * 16], LDB);
+#pragma unroll
+            for (int j = 0; j < PER_WARP; ++j) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> fm;
+                wmma::load_matrix_sync(fm, &s_hi[kt * 16][(tc0 + j) * 16], LDB);
+                wmma::mma_sync(acc[j], fx, fm, acc[j]);
+                wmma::load_matrix_sync(fm, &s_lo[kt * 16][(tc0 + j) * 16], LDB);
+                wmma::mma_sync(acc[j], fx, fm, acc[j]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < PER_WARP; ++j)
+            wmma::store_matrix_sync(&so[rt * 16][(tc0 + j) * 16], acc[j], LDF, wmma::mem_row_major);
+        __syncthreads();  // so complete; sx free
+
+        for (int e = tid; e < RT * (DH / 4); e += THREADS) {
+            const int r = e / (DH / 4);
+            const int c4 = (e % (DH / 4)) * 4;
+            const int i = r0 + r;
+            if (i < last) {
+                store4(ob + (size_t)i * DH + c4,
+                       scale4(alpha, *reinterpret_cast<const float4*>(&so[r][c4])));
+            }
+        }
+        __syncthreads();  // so read before the next tile overwrites it
+    }
+}
+
+// The entry points' choice: tensor cores for bf16, CUDA cores for f32.
+template <typename T, int DH>
+__device__ __forceinline__ void outer_dispatch(const T* a, const T* b, float* out, int n,
+                                               int rows_per_block, float alpha) {
+    if constexpr (std::is_same<T, bf16>::value) {
+        outer_tc_impl<DH>(a, b, out, n, rows_per_block, alpha);
+    } else {
+        outer_impl<T, DH>(a, b, out, n, rows_per_block, alpha);
+    }
+}
+
+template <typename T, int DH>
+__device__ __forceinline__ void apply_dispatch(const T* x, const float* m, T* out, int n,
+                                               float alpha, int transpose) {
+    if constexpr (std::is_same<T, bf16>::value) {
+        apply_tc_impl<DH>(x, m, out, n, alpha, transpose);
+    } else {
+        apply_impl<T, DH>(x, m, out, n, alpha, transpose);
     }
 }
 
@@ -551,12 +765,12 @@ __device__ __forceinline__ void sm_bwd_dkdv_impl(const T* __restrict__ q,
     extern "C" __global__ void __launch_bounds__((DH / 4) * (DH / 4))                             \
         mgsd_attn_outer_##TN##_d##DH(const T* a, const T* b, float* out, int n,                   \
                                      int rows_per_block, float alpha) {                           \
-        outer_impl<T, DH>(a, b, out, n, rows_per_block, alpha);                                   \
+        outer_dispatch<T, DH>(a, b, out, n, rows_per_block, alpha);                               \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(256)                                             \
         mgsd_attn_apply_##TN##_d##DH(const T* x, const float* m, T* out, int n, float alpha,      \
                                      int transpose) {                                             \
-        apply_impl<T, DH>(x, m, out, n, alpha, transpose);                                        \
+        apply_dispatch<T, DH>(x, m, out, n, alpha, transpose);                                    \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(128)                                             \
         mgsd_attn_sm_fwd_##TN##_d##DH(const T* q, const T* k, const T* v, T* out, float* lse,     \
