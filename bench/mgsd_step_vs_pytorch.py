@@ -9,7 +9,7 @@ Adam step. Prints one JSON object with the median step time (and, on CUDA, the p
 PyTorch's allocator held). On CUDA, PyTorch's defaults stay: cuDNN heuristics (benchmark off),
 TF32 allowed in convolutions. `--amp bf16` runs the step under `torch.autocast(dtype=bfloat16)`
 (the twin of `step-bench --precision bf16`); `--channels-last` converts the model and the input
-to `torch.channels_last_3d`.
+to `torch.channels_last_3d`; `--cudnn-benchmark` sets `torch.backends.cudnn.benchmark`.
 """
 
 import argparse
@@ -34,7 +34,9 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--amp", default="off", choices=["off", "bf16"])
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--cudnn-benchmark", action="store_true")
     a = ap.parse_args()
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     if a.amp != "off" and a.device != "cuda":
         ap.error("--amp bf16 needs --device cuda")
     torch.set_num_threads(a.threads)
@@ -78,6 +80,7 @@ def main():
     med = sorted(times)[len(times) // 2]
     out = {"impl": "pytorch", "torch": torch.__version__, "device": a.device, "threads": a.threads,
            "width": a.width, "patch": list(patch), "amp": a.amp, "channels_last": a.channels_last,
+           "cudnn_benchmark": a.cudnn_benchmark,
            "median_s": round(med, 4), "steps_s": times}
     if dev.type == "cuda":
         out["peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)

@@ -11,7 +11,8 @@
 #    (nvidia-smi's reading for both, PyTorch's allocator peaks too); sizes from STEP_ARGS;
 #    ours once more with `--recompute-norm false` (the GroupNorm outputs kept, not rebuilt);
 #    then bf16 mixed precision: ours with `--precision bf16` against PyTorch under bf16
-#    autocast, default layout and channels_last_3d;
+#    autocast, default layout and channels_last_3d; then both sides with cuDNN's benchmark
+#    mode (algorithms measured, not picked by heuristics), f32 and bf16;
 #    (unless SKIP_STEP=1);
 # 3. the demo workflow of mgsd-train on the GPU (unless SKIP_DEMO=1; DEMO_TIMEOUT, 120 s);
 # 4. with ATTENTION=1, the attention kernels' own check against PyTorch
@@ -92,6 +93,11 @@ if [ "${SKIP_STEP:-0}" != 1 ]; then
     step "$bin/step-bench" --device cuda $STEP_ARGS --precision bf16
     step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --amp bf16
     step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --amp bf16 --channels-last
+    # cuDNN's benchmark mode on both sides (nnU-Net's setting).
+    step "$bin/step-bench" --device cuda $STEP_ARGS --cudnn-benchmark true
+    step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --cudnn-benchmark
+    step "$bin/step-bench" --device cuda $STEP_ARGS --cudnn-benchmark true --precision bf16
+    step "$PY" bench/mgsd_step_vs_pytorch.py --device cuda $STEP_ARGS --cudnn-benchmark --amp bf16
   }
   "$PY" - "$out/step.jsonl" <<'EOF' || status=1
 import json, sys
@@ -101,16 +107,20 @@ for line in open(sys.argv[1]):
         rows.append(json.loads(line))
     except ValueError:
         pass
-def torch_row(amp, channels_last=False):
+def torch_row(amp, bench, channels_last=False):
     return next((r for r in rows if r["impl"] == "pytorch" and r.get("amp", "off") == amp
-                 and r.get("channels_last", False) == channels_last), None)
+                 and r.get("channels_last", False) == channels_last
+                 and r.get("cudnn_benchmark", False) == bench), None)
 for x in rows:
     if x["impl"] != "candle":
         continue
     bf16 = x.get("precision", "f32") != "f32"
-    for b in filter(None, (torch_row("bf16" if bf16 else "off"), bf16 and torch_row("bf16", True))):
+    bench = x.get("cudnn_benchmark", False)
+    amp = "bf16" if bf16 else "off"
+    for b in filter(None, (torch_row(amp, bench), bf16 and torch_row(amp, bench, True))):
         print(f"MGSD step on CUDA, width {x['width']}, patch {x['patch']}: candle precision "
-              f"{x.get('precision', 'f32')}, recompute_norm {x['recompute_norm']}: {x['median_s']:.3f} s "
+              f"{x.get('precision', 'f32')}, recompute_norm {x['recompute_norm']}, cudnn benchmark "
+              f"{bench}: {x['median_s']:.3f} s "
               f"vs pytorch amp {b.get('amp', 'off')}{', channels_last' if b.get('channels_last') else ''} "
               f"{b['median_s']:.3f} s, ratio {x['median_s'] / b['median_s']:.2f}; peak memory "
               f"(nvidia-smi) {x['smi_peak_mib']} vs {b['smi_peak_mib']} MiB, "

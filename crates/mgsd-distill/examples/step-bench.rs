@@ -6,11 +6,13 @@
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p mgsd-distill --example step-bench -- \
 //!     [--width 8] [--patch 64,64,32] [--warmup 1] [--steps 3] [--device cpu|cuda] \
-//!     [--recompute-norm true|false] [--precision f32|bf16]
+//!     [--recompute-norm true|false] [--precision f32|bf16] [--cudnn-benchmark true|false]
 //! ```
 //! `--device cuda` needs a build with `--features mgsd-distill/cuda`; each step then ends with
 //! a device synchronisation so the time covers the GPU's work. `--precision bf16` (CUDA only)
-//! runs the convolutions in bf16 mixed precision (`mgsd_nn::ConvPrecision`).
+//! runs the convolutions in bf16 mixed precision (`mgsd_nn::ConvPrecision`);
+//! `--cudnn-benchmark true` (CUDA only) measures cuDNN's algorithms in the warm-up steps and
+//! keeps the fastest (PyTorch's `torch.backends.cudnn.benchmark = True`).
 //! Prints one JSON object: `{"median_s": …, "steps_s": […], …}`.
 
 use std::process::ExitCode;
@@ -29,6 +31,7 @@ struct Args {
     cuda: bool,
     recompute_norm: bool,
     precision: ConvPrecision,
+    cudnn_benchmark: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -40,6 +43,7 @@ fn parse() -> Result<Args, String> {
         cuda: false,
         recompute_norm: true,
         precision: ConvPrecision::F32,
+        cudnn_benchmark: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -61,6 +65,10 @@ fn parse() -> Result<Args, String> {
                     v.parse().map_err(|e| format!("--recompute-norm {v}: {e} (true or false)"))?
             }
             "--precision" => a.precision = v.parse().map_err(|e| format!("--precision: {e}"))?,
+            "--cudnn-benchmark" => {
+                a.cudnn_benchmark =
+                    v.parse().map_err(|e| format!("--cudnn-benchmark {v}: {e} (true or false)"))?
+            }
             "--patch" => {
                 let p: Vec<usize> = v.split(',').map(num).collect::<Result<_, _>>()?;
                 a.patch = p.try_into().map_err(|_| format!("--patch {v}: want D,H,W"))?;
@@ -71,12 +79,17 @@ fn parse() -> Result<Args, String> {
     if a.precision.is_bf16() && !a.cuda {
         return Err(format!("--precision {}: bf16 convolutions need --device cuda", a.precision));
     }
+    if a.cudnn_benchmark && !a.cuda {
+        return Err("--cudnn-benchmark true needs --device cuda".to_owned());
+    }
     Ok(a)
 }
 
 fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
     let dev = if a.cuda { Device::new_cuda(0)? } else { Device::Cpu };
     mgsd_nn::set_conv_precision(a.precision);
+    #[cfg(feature = "cuda")]
+    mgsd_nn::conv3d::set_cudnn_benchmark(a.cudnn_benchmark);
     let cfg =
         MgsdConfig { width: a.width, recompute_norm: a.recompute_norm, ..MgsdConfig::default() };
     let mut obj = MgsdObjective::new(cfg, &dev, true)?;
@@ -114,12 +127,13 @@ fn run(a: &Args) -> Result<String, Box<dyn std::error::Error>> {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     Ok(format!(
-        "{{\"impl\": \"candle\", \"device\": \"{}\", \"width\": {}, \"patch\": {:?}, \"recompute_norm\": {}, \"precision\": \"{}\", \"median_s\": {median:.4}, \"steps_s\": {times:?}}}",
+        "{{\"impl\": \"candle\", \"device\": \"{}\", \"width\": {}, \"patch\": {:?}, \"recompute_norm\": {}, \"precision\": \"{}\", \"cudnn_benchmark\": {}, \"median_s\": {median:.4}, \"steps_s\": {times:?}}}",
         if a.cuda { "cuda" } else { "cpu" },
         a.width,
         a.patch,
         a.recompute_norm,
-        a.precision
+        a.precision,
+        a.cudnn_benchmark
     ))
 }
 

@@ -21,7 +21,7 @@ mod cudnn;
 #[cfg(target_arch = "x86_64")]
 mod direct;
 #[cfg(feature = "cuda")]
-pub use cudnn::set_cudnn_tf32;
+pub use cudnn::{set_cudnn_benchmark, set_cudnn_tf32};
 mod precision;
 pub use precision::{conv_precision, set_conv_precision, ConvPrecision};
 mod strided_rows;
@@ -33,7 +33,7 @@ use candle_core::{
 use candle_nn::{Init, VarBuilder};
 
 /// Geometry of a 3-D convolution, derived from the config and the operand shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ConvGeom {
     pub n: usize,
     pub cin: usize,

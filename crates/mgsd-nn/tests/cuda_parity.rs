@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use mgsd_nn::conv3d::set_cudnn_tf32;
+use mgsd_nn::conv3d::{set_cudnn_benchmark, set_cudnn_tf32};
 use mgsd_nn::{
     adaptive_avg_pool3d, conv3d_forward, cross_attention, group_norm, leaky_relu, max_pool3d_2x,
     set_conv_precision, upsample2x, upsample2x_add, AttentionVariant, Conv3dConfig, ConvPrecision,
@@ -199,6 +199,35 @@ fn bf16_conv3d_matches_the_cpu_on_rounded_operands() {
         &|t| conv3d_forward(&t[0], &t[1], Some(&t[2]), Some(&t[3]), &cfg),
     );
     set_conv_precision(ConvPrecision::F32);
+}
+
+/// With cuDNN's benchmark mode every convolution runs the algorithm measured fastest, which
+/// may differ from the heuristics' (and tries every other one on the way): the same results
+/// in full f32 and in bf16.
+#[test]
+fn benchmarked_algorithms_give_the_same_results() {
+    let _lock = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    set_cudnn_benchmark(true);
+    set_cudnn_tf32(false);
+    for (x, cout, cfg) in &conv_cases() {
+        let [k0, k1, k2] = cfg.kernel;
+        let w = [*cout, x[1], k0, k1, k2];
+        let b = [*cout];
+        let shapes: &[&[usize]] = if cfg.bias { &[x, &w, &b] } else { &[x, &w] };
+        let name = format!("conv3d benchmarked {x:?} -> {cout} {cfg:?}");
+        check(&name, shapes, 1e-4, |t| conv3d_forward(&t[0], &t[1], t.get(2), None, cfg));
+        set_conv_precision(ConvPrecision::Bf16);
+        check_twins(
+            &format!("{name} bf16"),
+            shapes,
+            1e-2,
+            &|t| conv_on_bf16_operands(&t[0], &t[1], t.get(2), None, cfg),
+            &|t| conv3d_forward(&t[0], &t[1], t.get(2), None, cfg),
+        );
+        set_conv_precision(ConvPrecision::F32);
+    }
+    set_cudnn_tf32(true);
+    set_cudnn_benchmark(false);
 }
 
 /// GroupNorm, pooling, upsampling, LeakyReLU and adaptive pooling run `mgsd-kernels`' CUDA

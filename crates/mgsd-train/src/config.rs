@@ -652,10 +652,14 @@ mod precision_name {
     }
 }
 
-/// Sets the convolutions' arithmetic for `device`: bf16 needs a CUDA device.
+/// Sets the convolutions' arithmetic for `device`: bf16 needs a CUDA device. On CUDA it also
+/// sets how cuDNN's algorithms are chosen: `MGSD_CUDNN_BENCHMARK=1` measures them on the first
+/// step (PyTorch's `torch.backends.cudnn.benchmark`), `=0` takes cuDNN's heuristics; unset,
+/// bf16 measures (on an H200 the heuristics' 3-D bf16 choices made the MGSD step 0.62–0.95 s,
+/// measured ones 0.39 s) and f32 takes the heuristics (PyTorch's default; 0.37–0.39 s).
 ///
 /// # Errors
-/// A bf16 precision on the CPU.
+/// A bf16 precision on the CPU, or an `MGSD_CUDNN_BENCHMARK` other than 0 or 1.
 pub fn set_precision(precision: ConvPrecision, device: &candle_core::Device) -> Result<()> {
     if precision.is_bf16() && !device.is_cuda() {
         bail!(
@@ -663,9 +667,24 @@ pub fn set_precision(precision: ConvPrecision, device: &candle_core::Device) -> 
              (set `precision = \"f32\"` in [run] or leave out --precision)"
         )
     }
+    let benchmark = match std::env::var("MGSD_CUDNN_BENCHMARK").as_deref() {
+        Err(_) => precision.is_bf16(),
+        Ok("1") => true,
+        Ok("0") => false,
+        Ok(other) => bail!("MGSD_CUDNN_BENCHMARK={other:?}: expected 0 or 1"),
+    };
     mgsd_nn::set_conv_precision(precision);
-    if precision.is_bf16() {
-        tracing::info!(%precision, "convolutions in bf16 mixed precision");
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        mgsd_nn::conv3d::set_cudnn_benchmark(benchmark);
+    }
+    if device.is_cuda() {
+        tracing::info!(
+            %precision,
+            cudnn_benchmark = benchmark,
+            "convolution arithmetic (MGSD_CUDNN_BENCHMARK=0/1 to choose cuDNN's algorithms by \
+             heuristics/measurement)"
+        );
     }
     Ok(())
 }

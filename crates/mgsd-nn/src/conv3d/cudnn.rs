@@ -7,7 +7,8 @@
 //! as on the CPU path, weight and bias travel as one flat operand `[w…, b…]` and candle's
 //! autograd splits the gradient back. Algorithms come from
 //! cuDNN's heuristics (`cudnnGetConvolution*Algorithm_v7`), which is what PyTorch does with
-//! `torch.backends.cudnn.benchmark = False`, its default. TF32 tensor-core math is allowed by
+//! `torch.backends.cudnn.benchmark = False`, its default; [`set_cudnn_benchmark`] measures
+//! them instead (`algo.rs`). TF32 tensor-core math is allowed by
 //! default, as in PyTorch (`torch.backends.cudnn.allow_tf32 = True`); [`set_cudnn_tf32`] turns
 //! it off for full-f32 FMA math.
 //!
@@ -38,6 +39,9 @@ use mgsd_kernels::candle_ops::{conv_bf16, conv_epilogue, view};
 use super::precision::{conv_precision, ConvPrecision};
 use super::ConvGeom;
 
+mod algo;
+pub use algo::set_cudnn_benchmark;
+
 static ALLOW_TF32: AtomicBool = AtomicBool::new(true);
 
 /// Whether cuDNN may use TF32 tensor cores for f32 convolutions (default: yes, as PyTorch).
@@ -63,7 +67,7 @@ fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
 }
 
 /// How one convolution computes: fixed when its forward runs, and used by its backward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Math {
     /// f32 operands; TF32 tensor cores when `tf32`.
     F32 { tf32: bool },
@@ -185,53 +189,101 @@ fn output<T: candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
     unsafe { dev.alloc::<T>(len) }
 }
 
-/// `y = conv(x, w)` with cuDNN's heuristic algorithm.
+/// `y = conv(x, w)` with the algorithm `algo::choose` picks for `c`.
 fn launch_forward<T: Elem>(
     dev: &CudaDevice,
+    c: &Conv,
     d: &Descs<T>,
     x: &impl DevicePtr<T>,
     w: &impl DevicePtr<T>,
     y: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
     let op = ConvForward { conv: &d.conv, x: &d.x, w: &d.w, y: &d.y };
-    let algo = op.pick_algorithm()?;
-    let mut ws = workspace(dev, op.get_workspace_size(algo)?)?;
-    // SAFETY: the operands match the descriptors: packed `T` of the geometry's shapes, in the
-    // descriptors' layout.
-    unsafe { op.launch(algo, ws.as_mut(), T::OVERWRITE, x, w, y) }?;
-    Ok(())
+    // SAFETY (every launch here): the operands match the descriptors: packed `T` of the
+    // geometry's shapes, in the descriptors' layout.
+    let mut run = |algo, limit: bool| -> Result<()> {
+        let bytes = op.get_workspace_size(algo)?;
+        if limit {
+            algo::check_benchmark_workspace(bytes)?;
+        }
+        let mut ws = workspace(dev, bytes)?;
+        unsafe { op.launch(algo, ws.as_mut(), T::OVERWRITE, x, w, &mut *y) }?;
+        Ok(())
+    };
+    let key = (dev.id(), c.g, c.math);
+    let algo = algo::choose(
+        &algo::FORWARD,
+        key,
+        dev,
+        &algo::FORWARD_ALGOS,
+        || Ok(op.pick_algorithm()?),
+        |a| run(a, true),
+    )?;
+    run(algo, false)
 }
 
-/// `dx` from `dy` and `w`.
+/// `dx` from `dy` and `w`, the algorithm as in [`launch_forward`].
 fn launch_backward_data<T: Elem>(
     dev: &CudaDevice,
+    c: &Conv,
     d: &Descs<T>,
     dx: &mut impl DevicePtrMut<T>,
     w: &impl DevicePtr<T>,
     dy: &impl DevicePtr<T>,
 ) -> Result<()> {
     let op = ConvBackwardData { conv: &d.conv, dx: &d.x, w: &d.w, dy: &d.y };
-    let algo = op.pick_algorithm()?;
-    let mut ws = workspace(dev, op.get_workspace_size(algo)?)?;
-    // SAFETY: as in `launch_forward`.
-    unsafe { op.launch(algo, ws.as_mut(), T::OVERWRITE, dx, w, dy) }?;
-    Ok(())
+    let mut run = |algo, limit: bool| -> Result<()> {
+        let bytes = op.get_workspace_size(algo)?;
+        if limit {
+            algo::check_benchmark_workspace(bytes)?;
+        }
+        let mut ws = workspace(dev, bytes)?;
+        // SAFETY: as in `launch_forward`.
+        unsafe { op.launch(algo, ws.as_mut(), T::OVERWRITE, &mut *dx, w, dy) }?;
+        Ok(())
+    };
+    let key = (dev.id(), c.g, c.math);
+    let algo = algo::choose(
+        &algo::DATA,
+        key,
+        dev,
+        &algo::DATA_ALGOS,
+        || Ok(op.pick_algorithm()?),
+        |a| run(a, true),
+    )?;
+    run(algo, false)
 }
 
-/// `dw` from `dy` and `x`.
+/// `dw` from `dy` and `x`, the algorithm as in [`launch_forward`].
 fn launch_backward_filter<T: Elem>(
     dev: &CudaDevice,
+    c: &Conv,
     d: &Descs<T>,
     x: &impl DevicePtr<T>,
     dw: &mut impl DevicePtrMut<T>,
     dy: &impl DevicePtr<T>,
 ) -> Result<()> {
     let op = ConvBackwardFilter { conv: &d.conv, x: &d.x, dw: &d.w, dy: &d.y };
-    let algo = op.pick_algorithm()?;
-    let mut ws = workspace(dev, op.get_workspace_size(algo)?)?;
-    // SAFETY: as in `launch_forward`.
-    unsafe { op.launch(algo, ws.as_mut(), T::OVERWRITE, x, dw, dy) }?;
-    Ok(())
+    let mut run = |algo, limit: bool| -> Result<()> {
+        let bytes = op.get_workspace_size(algo)?;
+        if limit {
+            algo::check_benchmark_workspace(bytes)?;
+        }
+        let mut ws = workspace(dev, bytes)?;
+        // SAFETY: as in `launch_forward`.
+        unsafe { op.launch(algo, ws.as_mut(), T::OVERWRITE, x, &mut *dw, dy) }?;
+        Ok(())
+    };
+    let key = (dev.id(), c.g, c.math);
+    let algo = algo::choose(
+        &algo::FILTER,
+        key,
+        dev,
+        &algo::FILTER_ALGOS,
+        || Ok(op.pick_algorithm()?),
+        |a| run(a, true),
+    )?;
+    run(algo, false)
 }
 
 /// `(N, Cin, S)` of the input, `(N, Cout, S')` of the output and `(Cout, Cin, R)` of the
@@ -294,7 +346,7 @@ fn forward_into(
     let y = match c.math {
         Math::F32 { .. } => {
             let mut y = output::<f32>(&dev, out_shape.elem_count())?;
-            launch_forward(&dev, &descs::<f32>(&cudnn, c)?, &x, &w, &mut y)?;
+            launch_forward(&dev, c, &descs::<f32>(&cudnn, c)?, &x, &w, &mut y)?;
             let (s, cout) = (g.out_spatial(), g.cout);
             conv_epilogue::bias_residual_add(&dev, &mut y, bias.as_ref(), r.as_ref(), (s, cout))?;
             y
@@ -303,7 +355,7 @@ fn forward_into(
             let xh = conv_bf16::to_bf16(&dev, &x, input_ncs(g))?;
             let wh = conv_bf16::to_bf16(&dev, &w, filter_ncs(g))?;
             let mut yh = output::<bf16>(&dev, out_shape.elem_count())?;
-            launch_forward(&dev, &descs::<bf16>(&cudnn, c)?, &xh, &wh, &mut yh)?;
+            launch_forward(&dev, c, &descs::<bf16>(&cudnn, c)?, &xh, &wh, &mut yh)?;
             conv_bf16::to_f32(&dev, &yh, bias.as_ref(), r.as_ref(), output_ncs(g))?
         }
     };
@@ -456,14 +508,14 @@ impl CustomOp2 for CudnnBackwardData {
         let dx = match c.math {
             Math::F32 { .. } => {
                 let mut dx = output::<f32>(&dev, shape.elem_count())?;
-                launch_backward_data(&dev, &descs::<f32>(&cudnn, c)?, &mut dx, &w, &dy)?;
+                launch_backward_data(&dev, c, &descs::<f32>(&cudnn, c)?, &mut dx, &w, &dy)?;
                 dx
             }
             Math::Bf16 => {
                 let dyh = conv_bf16::to_bf16(&dev, &dy, output_ncs(g))?;
                 let wh = conv_bf16::to_bf16(&dev, &w, filter_ncs(g))?;
                 let mut dxh = output::<bf16>(&dev, shape.elem_count())?;
-                launch_backward_data(&dev, &descs::<bf16>(&cudnn, c)?, &mut dxh, &wh, &dyh)?;
+                launch_backward_data(&dev, c, &descs::<bf16>(&cudnn, c)?, &mut dxh, &wh, &dyh)?;
                 conv_bf16::to_f32(&dev, &dxh, None, None, input_ncs(g))?
             }
         };
@@ -503,14 +555,14 @@ impl CustomOp2 for CudnnBackwardFilter {
         let dw = match c.math {
             Math::F32 { .. } => {
                 let mut dw = output::<f32>(&dev, shape.elem_count())?;
-                launch_backward_filter(&dev, &descs::<f32>(&cudnn, c)?, &x, &mut dw, &dy)?;
+                launch_backward_filter(&dev, c, &descs::<f32>(&cudnn, c)?, &x, &mut dw, &dy)?;
                 dw
             }
             Math::Bf16 => {
                 let dyh = conv_bf16::to_bf16(&dev, &dy, output_ncs(g))?;
                 let xh = conv_bf16::to_bf16(&dev, &x, input_ncs(g))?;
                 let mut dwh = output::<bf16>(&dev, shape.elem_count())?;
-                launch_backward_filter(&dev, &descs::<bf16>(&cudnn, c)?, &xh, &mut dwh, &dyh)?;
+                launch_backward_filter(&dev, c, &descs::<bf16>(&cudnn, c)?, &xh, &mut dwh, &dyh)?;
                 conv_bf16::to_f32(&dev, &dwh, None, None, filter_ncs(g))?
             }
         };
