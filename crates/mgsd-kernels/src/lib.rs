@@ -28,7 +28,7 @@
 //!   cuDNN Conv3d (`kernels/conv_epilogue.cu`) with the bf16 copies of its bf16 mode
 //!   (`kernels/conv_bf16.cu`); `mgsd-nn` uses them on CUDA tensors. Both
 //!   attention variants are candle ops (`candle_ops::attention`,
-//!   `candle_ops::softmax_attention`), f32 only.
+//!   `candle_ops::softmax_attention`), f32 and bf16; the other ops are f32.
 #![warn(missing_docs)]
 
 #[cfg(feature = "cuda")]

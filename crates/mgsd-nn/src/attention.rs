@@ -47,12 +47,22 @@ pub fn cross_attention(
             v.shape()
         );
     }
-    if nk == 0 || q.dtype() != DType::F32 {
+    let dt = q.dtype();
+    if nk == 0 || !matches!(dt, DType::F32 | DType::BF16) || k.dtype() != dt || v.dtype() != dt {
         bail!(
-            "cross_attention: needs f32 and at least one key, got k {:?} {:?}",
+            "cross_attention: needs f32 or bf16 (q, k and v alike) and at least one key, got k \
+             {:?} and {:?}, {:?}, {:?}",
             k.shape(),
-            q.dtype()
+            dt,
+            k.dtype(),
+            v.dtype()
         );
+    }
+    if dt == DType::BF16 && !q.device().is_cuda() {
+        // The CPU ops are f32: compute in f32 and round the result, as the bf16 CUDA kernels
+        // accumulate in f32 and round their stores.
+        let up = |t: &Tensor| t.to_dtype(DType::F32);
+        return cross_attention(&up(q)?, &up(k)?, &up(v)?, scale, variant)?.to_dtype(DType::BF16);
     }
     let q = q.contiguous()?;
     let k = k.contiguous()?;
@@ -268,5 +278,43 @@ mod tests {
         let q = Tensor::zeros((1, 2, 5, 4), DType::F32, &dev).unwrap();
         let k = Tensor::zeros((1, 2, 3, 8), DType::F32, &dev).unwrap();
         assert!(cross_attention(&q, &k, &k, 1.0, AttentionVariant::Softmax).is_err());
+        // Mixed dtypes, and dtypes other than f32 and bf16.
+        let kb = Tensor::zeros((1, 2, 3, 4), DType::BF16, &dev).unwrap();
+        let e = cross_attention(&q, &kb, &kb, 1.0, AttentionVariant::NoSoftmax).unwrap_err();
+        assert!(e.to_string().contains("alike"), "{e}");
+        let q64 = q.to_dtype(DType::F64).unwrap();
+        let k64 = kb.to_dtype(DType::F64).unwrap();
+        assert!(cross_attention(&q64, &k64, &k64, 1.0, AttentionVariant::NoSoftmax).is_err());
+    }
+
+    /// bf16 on the CPU: the f32 result of the same (bf16) values, rounded to bf16, in both
+    /// variants, with gradients back to bf16 variables.
+    #[test]
+    fn bf16_runs_through_f32_and_rounds() {
+        let dev = candle_core::Device::Cpu;
+        let (b, h, nq, nk, dh) = (1, 2, 7, 3, 4);
+        let mk = |n: usize| {
+            Tensor::randn(0f32, 1.0, (b, h, n, dh), &dev).unwrap().to_dtype(DType::BF16).unwrap()
+        };
+        let (q, k, v) = (mk(nq), mk(nk), mk(nk));
+        let up = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        for variant in [AttentionVariant::NoSoftmax, AttentionVariant::Softmax] {
+            let got = cross_attention(&q, &k, &v, 0.5, variant).unwrap();
+            assert_eq!(got.dtype(), DType::BF16);
+            let want = cross_attention(&up(&q), &up(&k), &up(&v), 0.5, variant)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let (g, w) = (up(&got).flatten_all().unwrap(), up(&want).flatten_all().unwrap());
+            assert_eq!(g.to_vec1::<f32>().unwrap(), w.to_vec1::<f32>().unwrap(), "{variant:?}");
+            let qv = candle_core::Var::from_tensor(&q).unwrap();
+            let grads = cross_attention(qv.as_tensor(), &k, &v, 0.5, variant)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert_eq!(grads.get(&qv).unwrap().dtype(), DType::BF16, "{variant:?}");
+        }
     }
 }

@@ -281,6 +281,31 @@ fn fused_attention_kernels_match_the_cpu_twin() {
     }
 }
 
+/// The bf16 attention ops (tensor-core no-softmax, CUDA-core softmax) against the CPU twin on
+/// the same bf16-rounded operands, computed in f32 and rounded; dh 48 takes the candle
+/// composition in bf16. Gradients flow back to the f32 variables through the casts.
+#[test]
+fn bf16_attention_matches_the_cpu_on_rounded_operands() {
+    let bf = |t: &Tensor| t.to_dtype(DType::BF16);
+    for (b, h, nq, nk, dh) in
+        [(1, 16, 512, 8, 32), (2, 3, 1000, 77, 64), (1, 2, 33, 1, 32), (1, 2, 40, 9, 48)]
+    {
+        for variant in [AttentionVariant::NoSoftmax, AttentionVariant::Softmax] {
+            let scale = 1.0 / (dh as f64).sqrt();
+            let f = |t: &[Tensor]| {
+                cross_attention(&bf(&t[0])?, &bf(&t[1])?, &bf(&t[2])?, scale, variant)?
+                    .to_dtype(DType::F32)
+            };
+            check(
+                &format!("bf16 attention {variant:?} b{b} h{h} nq{nq} nk{nk} dh{dh}"),
+                &[&[b, h, nq, dh], &[b, h, nk, dh], &[b, h, nk, dh]],
+                2e-2,
+                f,
+            );
+        }
+    }
+}
+
 #[test]
 fn unet3d_forward_and_backward_match_the_cpu() {
     let _lock = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());

@@ -12,7 +12,7 @@ pub mod softmax_attention;
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
-use candle_core::cuda_backend::CudaDevice;
+use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::{bail, CudaStorage, Layout, Result};
 
 use crate::launch::{self, Launch};
@@ -26,10 +26,15 @@ pub fn cuda_only<T>(name: &str, twin: &str) -> Result<T> {
 /// The contiguous f32 data of an operand as a device view (an error for a strided layout).
 /// `mgsd-nn`'s cuDNN ops use it too.
 pub fn view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
+    view_as::<f32>(s, l)
+}
+
+/// [`view`] for data of type `T` (an error when the storage holds another type).
+pub fn view_as<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
     if !l.is_contiguous() {
         bail!("mgsd-kernels: operands must be contiguous, got a layout of {:?}", l.shape())
     }
-    let slice: &CudaSlice<f32> = s.as_cuda_slice::<f32>()?;
+    let slice: &CudaSlice<T> = s.as_cuda_slice::<T>()?;
     let start = l.start_offset();
     Ok(slice.slice(start..start + l.shape().elem_count()))
 }

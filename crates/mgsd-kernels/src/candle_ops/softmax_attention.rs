@@ -1,5 +1,6 @@
 //! The softmax attention kernels as a differentiable candle op on CUDA tensors (`cuda`
-//! feature): `out = softmax((q kᵀ)·scale) v` for `(B, H, N, dh)` f32 tensors, dh 32 or 64.
+//! feature): `out = softmax((q kᵀ)·scale) v` for `(B, H, N, dh)` f32 or bf16 tensors, dh 32 or
+//! 64 (f32 accumulation; in bf16 `dk`, `dv` accumulate in f32 and are rounded at the end).
 //!
 //! Forward: [`Op::SoftmaxForward`] (keys and values staged through shared memory, online
 //! softmax), which also writes the logsumexp of every query row; the op keeps it for the
@@ -11,13 +12,14 @@
 
 use std::sync::{Arc, OnceLock};
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
-use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::attention::{check_operands, heads};
-use super::{config, cuda_only, launch_err, num_sms, to_i32, view};
-use crate::launch::{self, Dtype, Op};
+use super::attention::{by_dtype, check_operands, heads, Elem};
+use super::{config, cuda_only, launch_err, num_sms, to_i32, view_as};
+use crate::launch::{self, Op};
 
 /// Name under which candle caches the PTX module per device (the same module as the
 /// no-softmax op: one PTX file).
@@ -27,7 +29,8 @@ const TWIN: &str = "mgsd_nn::cross_attention (softmax)";
 /// `softmax((q kᵀ)·scale) v` on CUDA with the fused kernels. Differentiable in `q`, `k`, `v`.
 ///
 /// # Shapes
-/// `q`: `(B, H, Nq, dh)`, `k`, `v`: `(B, H, Nk, dh)` → `(B, H, Nq, dh)`; f32, dh ∈ {32, 64}.
+/// `q`: `(B, H, Nq, dh)`, `k`, `v`: `(B, H, Nk, dh)` → `(B, H, Nq, dh)`; f32 or bf16 (all three
+/// the same), dh ∈ {32, 64}.
 pub fn softmax_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     check_operands("softmax_attention", q, k, v)?;
     let op = Forward { scale, lse: Arc::default() };
@@ -46,8 +49,8 @@ struct Backward {
     lse: Arc<OnceLock<CudaSlice<f32>>>,
 }
 
-fn func(dev: &CudaDevice, op: Op, dh: usize) -> Result<CudaFunction> {
-    let name = launch::kernel_name(op, Dtype::F32, dh).map_err(launch_err)?;
+fn func<T: Elem>(dev: &CudaDevice, op: Op, dh: usize) -> Result<CudaFunction> {
+    let name = launch::kernel_name(op, T::DTYPE, dh).map_err(launch_err)?;
     Ok(dev.get_or_load_custom_func(&name, MODULE, crate::ATTENTION_PTX)?.into_cuda_function())
 }
 
@@ -77,26 +80,7 @@ impl CustomOp3 for Forward {
         sv: &CudaStorage,
         lv: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = sq.device.clone();
-        let (bh, nq, dh) = heads(lq)?;
-        let (_, nk, _) = heads(lk)?;
-        let (q, k, v) = (view(sq, lq)?, view(sk, lk)?, view(sv, lv)?);
-        // SAFETY: the forward kernel writes every element of `out` and `lse`.
-        let mut out = unsafe { dev.alloc::<f32>(bh * nq * dh) }?;
-        let mut lse = unsafe { dev.alloc::<f32>(bh * nq) }?;
-        let l = launch::query_parallel(bh, nq, dh).map_err(launch_err)?;
-        let f = func(&dev, Op::SoftmaxForward, dh)?;
-        let (nq_i, nk_i) = (to_i32(nq)?, to_i32(nk)?);
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&mut lse);
-        b.arg(&nq_i).arg(&nk_i).arg(&self.scale);
-        // SAFETY: argument list and geometry as `launch.rs` documents for SoftmaxForward.
-        unsafe { b.launch(config(l)) }.w()?;
-        if self.lse.set(lse).is_err() {
-            bail!("{}: an op instance runs its forward once", self.name())
-        }
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), lq.shape().clone()))
+        by_dtype!(sq, self.name(), T => self.forward::<T>((sq, lq), (sk, lk), (sv, lv)))
     }
 
     fn bwd(
@@ -118,6 +102,36 @@ impl CustomOp3 for Forward {
         let dk = flat.narrow(0, nq_len, nk_len)?.reshape((b, h, nk, dh))?;
         let dv = flat.narrow(0, nq_len + nk_len, nk_len)?.reshape((b, h, nk, dh))?;
         Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+impl Forward {
+    fn forward<T: Elem>(
+        &self,
+        (sq, lq): (&CudaStorage, &Layout),
+        (sk, lk): (&CudaStorage, &Layout),
+        (sv, lv): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = sq.device.clone();
+        let (bh, nq, dh) = heads(lq)?;
+        let (_, nk, _) = heads(lk)?;
+        let (q, k, v) = (view_as::<T>(sq, lq)?, view_as::<T>(sk, lk)?, view_as::<T>(sv, lv)?);
+        // SAFETY: the forward kernel writes every element of `out` and `lse`.
+        let mut out = unsafe { dev.alloc::<T>(bh * nq * dh) }?;
+        let mut lse = unsafe { dev.alloc::<f32>(bh * nq) }?;
+        let l = launch::query_parallel(bh, nq, dh).map_err(launch_err)?;
+        let f = func::<T>(&dev, Op::SoftmaxForward, dh)?;
+        let (nq_i, nk_i) = (to_i32(nq)?, to_i32(nk)?);
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&mut lse);
+        b.arg(&nq_i).arg(&nk_i).arg(&self.scale);
+        // SAFETY: argument list and geometry as `launch.rs` documents for SoftmaxForward.
+        unsafe { b.launch(config(l)) }.w()?;
+        if self.lse.set(lse).is_err() {
+            bail!("mgsd-softmax-attention: an op instance runs its forward once")
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), lq.shape().clone()))
     }
 }
 
@@ -147,10 +161,8 @@ impl CustomOp3 for Backward {
         sod: &CudaStorage,
         lod: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let Some(lse) = self.lse.get() else { bail!("{}: the forward has not run", self.name()) };
-        let dev = sq.device.clone();
         let (bh, nq, dh) = heads(lq)?;
-        let (two, b, h, nk, _) = lkv.shape().dims5()?;
+        let (two, b, h, _, _) = lkv.shape().dims5()?;
         if two != 2 || b * h != bh || lod.shape().dims5()? != (2, b, h, nq, dh) {
             bail!(
                 "{}: stacked k/v {:?} or out/dout {:?} do not fit q {:?}",
@@ -160,8 +172,24 @@ impl CustomOp3 for Backward {
                 lq.shape()
             )
         }
-        let q = view(sq, lq)?;
-        let (kv, od) = (view(skv, lkv)?, view(sod, lod)?);
+        by_dtype!(sq, self.name(), T => self.backward::<T>((sq, lq), (skv, lkv), (sod, lod)))
+    }
+}
+
+impl Backward {
+    fn backward<T: Elem>(
+        &self,
+        (sq, lq): (&CudaStorage, &Layout),
+        (skv, lkv): (&CudaStorage, &Layout),
+        (sod, lod): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let name = "mgsd-softmax-attention-bwd";
+        let Some(lse) = self.lse.get() else { bail!("{name}: the forward has not run") };
+        let dev = sq.device.clone();
+        let (bh, nq, dh) = heads(lq)?;
+        let nk = lkv.shape().dims5()?.3;
+        let q = view_as::<T>(sq, lq)?;
+        let (kv, od) = (view_as::<T>(skv, lkv)?, view_as::<T>(sod, lod)?);
         let (q_len, k_len) = (bh * nq * dh, bh * nk * dh);
         let (k, v) = (kv.slice(..k_len), kv.slice(k_len..));
         let (out, dout) = (od.slice(..q_len), od.slice(q_len..));
@@ -171,20 +199,22 @@ impl CustomOp3 for Backward {
         // dsum = Σ dout∘out per query row.
         // SAFETY: the pre kernel writes every row.
         let mut dsum = unsafe { dev.alloc::<f32>(bh * nq) }?;
-        let f = func(&dev, Op::SoftmaxBackwardPre, dh)?;
+        let f = func::<T>(&dev, Op::SoftmaxBackwardPre, dh)?;
         let mut bld = stream.launch_builder(&f);
         bld.arg(&out).arg(&dout).arg(&mut dsum).arg(&rows);
         let l = launch::softmax_backward_pre(bh * nq, dh).map_err(launch_err)?;
         // SAFETY: argument list and geometry as `launch.rs` documents for SoftmaxBackwardPre.
         unsafe { bld.launch(config(l)) }.w()?;
 
-        // [dq, dk, dv]; dk and dv accumulate with atomics, so the buffer starts zeroed.
-        let mut grads = dev.alloc_zeros::<f32>(q_len + 2 * k_len)?;
+        // [dq, dk, dv] in T; dk and dv accumulate with atomics into zeroed f32 buffers first.
+        // SAFETY: the dq kernel writes all of dq, `from_accumulators` all of dk and dv.
+        let mut grads = unsafe { dev.alloc::<T>(q_len + 2 * k_len) }?;
+        let mut acc = dev.alloc_zeros::<f32>(2 * k_len)?;
         {
-            let (mut dq, mut dkdv) = grads.split_at_mut(q_len);
-            let (mut dk, mut dv) = dkdv.split_at_mut(k_len);
+            let (mut dq, dkdv) = grads.split_at_mut(q_len);
+            let (mut dk, mut dv) = acc.split_at_mut(k_len);
 
-            let f = func(&dev, Op::SoftmaxBackwardDq, dh)?;
+            let f = func::<T>(&dev, Op::SoftmaxBackwardDq, dh)?;
             let mut bld = stream.launch_builder(&f);
             bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(lse).arg(&dsum).arg(&mut dq);
             bld.arg(&nq_i).arg(&nk_i).arg(&self.scale);
@@ -195,13 +225,14 @@ impl CustomOp3 for Backward {
             let (l, q_per_block) =
                 launch::softmax_backward_dkdv(bh, nq, nk, dh, num_sms(&dev)).map_err(launch_err)?;
             let q_per_block = q_per_block as i32;
-            let f = func(&dev, Op::SoftmaxBackwardDkDv, dh)?;
+            let f = func::<T>(&dev, Op::SoftmaxBackwardDkDv, dh)?;
             let mut bld = stream.launch_builder(&f);
             bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(lse).arg(&dsum).arg(&mut dk).arg(&mut dv);
             bld.arg(&nq_i).arg(&nk_i).arg(&self.scale).arg(&q_per_block);
             // SAFETY: argument list and geometry as `launch.rs` documents for SoftmaxBackwardDkDv;
             // `dk`, `dv` are zeroed.
             unsafe { bld.launch(config(l)) }.w()?;
+            T::from_accumulators(&dev, &acc, dkdv)?;
         }
 
         let len = grads.len();
