@@ -189,7 +189,34 @@ fn output<T: candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
     unsafe { dev.alloc::<T>(len) }
 }
 
-/// `y = conv(x, w)` with the algorithm `algo::choose` picks for `c`.
+/// Runs one cuDNN call of `c` with the algorithm `algo::choose` picks: `heuristic` is cuDNN's
+/// first choice, `workspace_size` and `launch` the call's own (`launch` gets the algorithm and
+/// a workspace of the size asked for).
+fn run_chosen<A: Copy + Eq + std::hash::Hash + 'static>(
+    dev: &CudaDevice,
+    c: &Conv,
+    (cache, candidates): (&'static algo::CacheKey<A>, &[A]),
+    heuristic: impl FnOnce() -> Result<A>,
+    workspace_size: impl Fn(A) -> Result<usize>,
+    mut launch: impl FnMut(A, Option<&mut CudaSlice<u8>>) -> Result<()>,
+) -> Result<()> {
+    let mut run = |algo, benchmarking: bool| -> Result<()> {
+        let bytes = workspace_size(algo)?;
+        if benchmarking {
+            algo::check_benchmark_workspace(bytes)?;
+        }
+        let mut ws = workspace(dev, bytes)?;
+        launch(algo, ws.as_mut())
+    };
+    let key = (dev.id(), c.g, c.math);
+    let algo = algo::choose(cache, key, dev, candidates, heuristic, |a| run(a, true))?;
+    run(algo, false)
+}
+
+// SAFETY (the three launches below): the operands match the descriptors: packed `T` of the
+// geometry's shapes, in the descriptors' layout.
+
+/// `y = conv(x, w)`.
 fn launch_forward<T: Elem>(
     dev: &CudaDevice,
     c: &Conv,
@@ -199,30 +226,17 @@ fn launch_forward<T: Elem>(
     y: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
     let op = ConvForward { conv: &d.conv, x: &d.x, w: &d.w, y: &d.y };
-    // SAFETY (every launch here): the operands match the descriptors: packed `T` of the
-    // geometry's shapes, in the descriptors' layout.
-    let mut run = |algo, limit: bool| -> Result<()> {
-        let bytes = op.get_workspace_size(algo)?;
-        if limit {
-            algo::check_benchmark_workspace(bytes)?;
-        }
-        let mut ws = workspace(dev, bytes)?;
-        unsafe { op.launch(algo, ws.as_mut(), T::OVERWRITE, x, w, &mut *y) }?;
-        Ok(())
-    };
-    let key = (dev.id(), c.g, c.math);
-    let algo = algo::choose(
-        &algo::FORWARD,
-        key,
+    run_chosen(
         dev,
-        &algo::FORWARD_ALGOS,
+        c,
+        (&algo::FORWARD, &algo::FORWARD_ALGOS),
         || Ok(op.pick_algorithm()?),
-        |a| run(a, true),
-    )?;
-    run(algo, false)
+        |a| Ok(op.get_workspace_size(a)?),
+        |a, ws| Ok(unsafe { op.launch(a, ws, T::OVERWRITE, x, w, &mut *y) }?),
+    )
 }
 
-/// `dx` from `dy` and `w`, the algorithm as in [`launch_forward`].
+/// `dx` from `dy` and `w`.
 fn launch_backward_data<T: Elem>(
     dev: &CudaDevice,
     c: &Conv,
@@ -232,29 +246,17 @@ fn launch_backward_data<T: Elem>(
     dy: &impl DevicePtr<T>,
 ) -> Result<()> {
     let op = ConvBackwardData { conv: &d.conv, dx: &d.x, w: &d.w, dy: &d.y };
-    let mut run = |algo, limit: bool| -> Result<()> {
-        let bytes = op.get_workspace_size(algo)?;
-        if limit {
-            algo::check_benchmark_workspace(bytes)?;
-        }
-        let mut ws = workspace(dev, bytes)?;
-        // SAFETY: as in `launch_forward`.
-        unsafe { op.launch(algo, ws.as_mut(), T::OVERWRITE, &mut *dx, w, dy) }?;
-        Ok(())
-    };
-    let key = (dev.id(), c.g, c.math);
-    let algo = algo::choose(
-        &algo::DATA,
-        key,
+    run_chosen(
         dev,
-        &algo::DATA_ALGOS,
+        c,
+        (&algo::DATA, &algo::DATA_ALGOS),
         || Ok(op.pick_algorithm()?),
-        |a| run(a, true),
-    )?;
-    run(algo, false)
+        |a| Ok(op.get_workspace_size(a)?),
+        |a, ws| Ok(unsafe { op.launch(a, ws, T::OVERWRITE, &mut *dx, w, dy) }?),
+    )
 }
 
-/// `dw` from `dy` and `x`, the algorithm as in [`launch_forward`].
+/// `dw` from `dy` and `x`.
 fn launch_backward_filter<T: Elem>(
     dev: &CudaDevice,
     c: &Conv,
@@ -264,26 +266,14 @@ fn launch_backward_filter<T: Elem>(
     dy: &impl DevicePtr<T>,
 ) -> Result<()> {
     let op = ConvBackwardFilter { conv: &d.conv, x: &d.x, dw: &d.w, dy: &d.y };
-    let mut run = |algo, limit: bool| -> Result<()> {
-        let bytes = op.get_workspace_size(algo)?;
-        if limit {
-            algo::check_benchmark_workspace(bytes)?;
-        }
-        let mut ws = workspace(dev, bytes)?;
-        // SAFETY: as in `launch_forward`.
-        unsafe { op.launch(algo, ws.as_mut(), T::OVERWRITE, x, &mut *dw, dy) }?;
-        Ok(())
-    };
-    let key = (dev.id(), c.g, c.math);
-    let algo = algo::choose(
-        &algo::FILTER,
-        key,
+    run_chosen(
         dev,
-        &algo::FILTER_ALGOS,
+        c,
+        (&algo::FILTER, &algo::FILTER_ALGOS),
         || Ok(op.pick_algorithm()?),
-        |a| run(a, true),
-    )?;
-    run(algo, false)
+        |a| Ok(op.get_workspace_size(a)?),
+        |a, ws| Ok(unsafe { op.launch(a, ws, T::OVERWRITE, x, &mut *dw, dy) }?),
+    )
 }
 
 /// `(N, Cin, S)` of the input, `(N, Cout, S')` of the output and `(Cout, Cin, R)` of the

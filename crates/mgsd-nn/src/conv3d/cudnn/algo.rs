@@ -33,6 +33,9 @@ pub(super) type Key = (DeviceId, ConvGeom, Math);
 
 type Cache<A> = RefCell<HashMap<Key, A>>;
 
+/// A thread's cache of the chosen algorithms of one kind of call.
+pub(super) type CacheKey<A> = LocalKey<Cache<A>>;
+
 thread_local! {
     pub(super) static FORWARD: Cache<sys::cudnnConvolutionFwdAlgo_t> = RefCell::default();
     pub(super) static DATA: Cache<sys::cudnnConvolutionBwdDataAlgo_t> = RefCell::default();
@@ -98,7 +101,7 @@ pub(super) fn check_benchmark_workspace(bytes: usize) -> Result<()> {
 /// workspace too large). Without benchmark mode this is `heuristic()`; with it, the first call
 /// of a key times every candidate (best of two launches) and keeps the fastest.
 pub(super) fn choose<A: Copy + Eq + Hash + 'static>(
-    cache: &'static LocalKey<Cache<A>>,
+    cache: &'static CacheKey<A>,
     key: Key,
     dev: &CudaDevice,
     candidates: &[A],
