@@ -468,10 +468,11 @@ pub fn train(cfg: &Config, opts: &RunOptions) -> Result<TrainOutcome> {
             run_dir.display()
         );
     }
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    // The device first: a bad device or precision leaves no empty run directory behind.
     let device = open_device(parse_device(&cfg.run.device)?)?;
     set_precision(cfg.run.precision, &device)?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
     let seed = cfg.train.seed;
 
     // Data.

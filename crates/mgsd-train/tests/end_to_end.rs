@@ -310,6 +310,14 @@ fn errors_name_the_file_and_the_problem() {
     let e = format!("{:#}", train(&missing, &RunOptions::default()).unwrap_err());
     assert!(e.contains("no-such-dataset"), "{e}");
 
+    // bf16 on the CPU: a clear error before anything is written.
+    let mut bf16 = cfg.clone();
+    bf16.run.precision = mgsd_nn::ConvPrecision::Bf16;
+    bf16.run.dir = dir.path().join("run-bf16");
+    let e = format!("{:#}", train(&bf16, &RunOptions::default()).unwrap_err());
+    assert!(e.contains("needs a CUDA device"), "{e}");
+    assert!(!bf16.run.dir.exists(), "a refused run left {} behind", bf16.run.dir.display());
+
     // Predict with an input that does not exist.
     let opts = PredictOptions {
         checkpoint: run.join(files::LAST),
