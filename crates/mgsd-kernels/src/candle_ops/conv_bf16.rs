@@ -4,11 +4,11 @@
 //! and the residual added. Launch helpers for the cuDNN ops' `cuda_fwd`, not ops themselves.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
-use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::cuda_backend::CudaDevice;
 use candle_core::Result;
 use half::bf16;
 
-use super::{config, grid_stride, to_i32};
+use super::{launch_grid_stride, to_i32};
 
 const MODULE: &str = "mgsd_conv_bf16";
 
@@ -31,14 +31,16 @@ pub fn to_bf16(
     }
     // SAFETY: the kernel writes every element of `y` (each NCS element has one copy slot).
     let mut y = unsafe { dev.alloc::<bf16>(total) }?;
-    let f = dev.get_or_load_custom_func("mgsd_f32_to_bf16", MODULE, crate::CONV_BF16_PTX)?;
-    let f = f.into_cuda_function();
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
     let (n64, s64, c32) = (n as i64, s as i64, to_i32(c)?);
-    b.arg(x).arg(&mut y).arg(&n64).arg(&s64).arg(&c32);
-    // SAFETY: the argument list is the kernel's (checked against the PTX by `build_paths`).
-    unsafe { b.launch(config(grid_stride(dev, iterations(dims)))) }.w()?;
+    launch_grid_stride!(
+        dev,
+        (MODULE, crate::CONV_BF16_PTX),
+        "mgsd_f32_to_bf16",
+        iterations(dims),
+        |b| {
+            b.arg(x).arg(&mut y).arg(&n64).arg(&s64).arg(&c32);
+        }
+    );
     Ok(y)
 }
 
@@ -58,24 +60,26 @@ pub fn to_f32(
     }
     // SAFETY: the kernel writes every element of `out`.
     let mut out = unsafe { dev.alloc::<f32>(total) }?;
-    let f = dev.get_or_load_custom_func("mgsd_bf16_to_f32", MODULE, crate::CONV_BF16_PTX)?;
-    let f = f.into_cuda_function();
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
     // An absent bias or residual is a null pointer, which the kernel skips.
     let null = 0u64;
-    b.arg(y);
-    match bias {
-        Some(v) => b.arg(v),
-        None => b.arg(&null),
-    };
-    match residual {
-        Some(v) => b.arg(v),
-        None => b.arg(&null),
-    };
     let (n64, s64, c32) = (n as i64, s as i64, to_i32(c)?);
-    b.arg(&mut out).arg(&n64).arg(&s64).arg(&c32);
-    // SAFETY: as in `to_bf16`.
-    unsafe { b.launch(config(grid_stride(dev, iterations(dims)))) }.w()?;
+    launch_grid_stride!(
+        dev,
+        (MODULE, crate::CONV_BF16_PTX),
+        "mgsd_bf16_to_f32",
+        iterations(dims),
+        |b| {
+            b.arg(y);
+            match bias {
+                Some(v) => b.arg(v),
+                None => b.arg(&null),
+            };
+            match residual {
+                Some(v) => b.arg(v),
+                None => b.arg(&null),
+            };
+            b.arg(&mut out).arg(&n64).arg(&s64).arg(&c32);
+        }
+    );
     Ok(out)
 }

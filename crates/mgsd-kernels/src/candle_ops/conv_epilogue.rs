@@ -3,10 +3,10 @@
 //! A launch helper for another op's `cuda_fwd`, not an op itself.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
-use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::cuda_backend::CudaDevice;
 use candle_core::Result;
 
-use super::{config, grid_stride, to_i32};
+use super::{launch_grid_stride, to_i32};
 
 const MODULE: &str = "mgsd_conv_epilogue";
 
@@ -25,24 +25,20 @@ pub fn bias_residual_add(
         (Some(_), Some(_)) => "mgsd_conv_bias_residual_add",
         (None, Some(_)) => "mgsd_conv_residual_add",
     };
-    let l = grid_stride(dev, y.len());
-    let f =
-        dev.get_or_load_custom_func(name, MODULE, crate::CONV_EPILOGUE_PTX)?.into_cuda_function();
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    let (total, s, c) = (y.len() as i64, s as i64, to_i32(c)?);
-    b.arg(y);
-    if let Some(bias) = bias {
-        b.arg(bias);
-    }
-    if let Some(r) = residual {
-        b.arg(r);
-    }
-    b.arg(&total);
-    if bias.is_some() {
-        b.arg(&s).arg(&c);
-    }
-    // SAFETY: the argument list matches the chosen kernel's; grid-stride loop.
-    unsafe { b.launch(config(l)) }.w()?;
+    let n = y.len();
+    let (total, s, c) = (n as i64, s as i64, to_i32(c)?);
+    launch_grid_stride!(dev, (MODULE, crate::CONV_EPILOGUE_PTX), name, n, |b| {
+        b.arg(y);
+        if let Some(bias) = bias {
+            b.arg(bias);
+        }
+        if let Some(r) = residual {
+            b.arg(r);
+        }
+        b.arg(&total);
+        if bias.is_some() {
+            b.arg(&s).arg(&c);
+        }
+    });
     Ok(())
 }

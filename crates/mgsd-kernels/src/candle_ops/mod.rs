@@ -61,6 +61,25 @@ fn grid_stride(dev: &CudaDevice, total: usize) -> Launch {
     }
 }
 
+/// Launches the grid-stride kernel `$name` of the PTX module `($module, $ptx)` over `$total`
+/// elements on `$dev`'s stream, after `$push` has pushed its arguments onto the builder `$b`.
+/// For kernels whose argument lists `tests/build_paths.rs` checks against the PTX.
+macro_rules! launch_grid_stride {
+    ($dev:expr, ($module:expr, $ptx:expr), $name:expr, $total:expr, |$b:ident| $push:block) => {{
+        let f = $dev.get_or_load_custom_func($name, $module, $ptx)?.into_cuda_function();
+        let stream = $dev.cuda_stream();
+        let mut $b = stream.launch_builder(&f);
+        $push
+        let l = $crate::candle_ops::grid_stride($dev, $total);
+        // SAFETY: every caller pushes the kernel's own argument list, in its order
+        // (tests/build_paths.rs checks each list against the PTX); the kernels are grid-stride
+        // loops, so any grid covers `$total`.
+        let r = unsafe { $b.launch($crate::candle_ops::config(l)) };
+        candle_core::cuda_backend::WrapErr::w(r)?;
+    }};
+}
+use launch_grid_stride;
+
 /// Multiprocessors of the device (132 on an H100/H200 if the query fails).
 fn num_sms(dev: &CudaDevice) -> usize {
     dev.cuda_stream()

@@ -15,34 +15,22 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, PushKernelArg};
-use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
+use candle_core::cuda_backend::CudaDevice;
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor,
 };
 
-use super::{cuda_only, grid_stride, to_i32, view};
+use super::{cuda_only, launch_grid_stride, to_i32, view};
 
 /// Name under which candle caches the PTX module per device.
 const MODULE: &str = "mgsd_resample";
 
-fn func(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
-    Ok(dev.get_or_load_custom_func(name, MODULE, crate::RESAMPLE_PTX)?.into_cuda_function())
-}
-
-/// Launches the grid-stride kernel `$name` over `$total` elements on `$dev`'s stream, after
-/// `$push` has pushed its arguments onto the builder `$b`.
+/// [`launch_grid_stride`] for a kernel of `kernels/resample.cu`.
 macro_rules! launch {
-    ($dev:expr, $name:expr, $total:expr, |$b:ident| $push:block) => {{
-        let f = func($dev, $name)?;
-        let stream = $dev.cuda_stream();
-        let mut $b = stream.launch_builder(&f);
-        $push
-        // SAFETY: every caller pushes the kernel's own argument list, in its order
-        // (tests/build_paths.rs checks each list against the PTX); the kernels are grid-stride
-        // loops, so any grid covers `$total`.
-        unsafe { $b.launch(super::config(grid_stride($dev, $total))) }.w()?;
-    }};
+    ($dev:expr, $name:expr, $total:expr, |$b:ident| $push:block) => {
+        launch_grid_stride!($dev, (MODULE, crate::RESAMPLE_PTX), $name, $total, |$b| $push)
+    };
 }
 
 fn f32_5d(x: &Tensor, what: &str) -> Result<[usize; 5]> {
