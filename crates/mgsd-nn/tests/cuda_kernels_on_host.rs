@@ -222,6 +222,28 @@ fn adaptive_pool_matches_the_cpu_op() {
     }
 }
 
+/// Raw little-endian f32 bytes, the driver's file format.
+fn raw(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The conv epilogue on element `i` of an `(N, C, S)` result: `v + (b[c] + r[i])`, either term
+/// optional, the two summed first, as `conv_epilogue.cu` and `conv_bf16.cu` compute it.
+fn epilogue(v: f32, i: usize, (s, c): (usize, usize), b: Option<&[f32]>, r: Option<&[f32]>) -> f32 {
+    match (b, r) {
+        (Some(b), Some(r)) => v + (b[(i / s) % c] + r[i]),
+        (Some(b), None) => v + b[(i / s) % c],
+        (None, Some(r)) => v + r[i],
+        (None, None) => v,
+    }
+}
+
+/// The driver's input files of an epilogue kernel: the result, then the bias and the residual
+/// when present.
+fn epilogue_inputs(result: Vec<u8>, b: Option<&[f32]>, r: Option<&[f32]>) -> Vec<Vec<u8>> {
+    std::iter::once(result).chain(b.map(raw)).chain(r.map(raw)).collect()
+}
+
 #[test]
 fn conv_epilogue_adds_bias_and_residual_per_channel() {
     if driver().is_none() {
@@ -232,31 +254,15 @@ fn conv_epilogue_adds_bias_and_residual_per_channel() {
     let y = values(total, 21, None);
     let b = values(c, 22, None);
     let r = values(total, 23, None);
-    let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let dims = [n, c, s, 1];
     for (kernel, bias, res) in [
         ("conv_bias_add", true, false),
         ("conv_bias_residual_add", true, true),
         ("conv_residual_add", false, true),
     ] {
-        let want: Vec<f32> = (0..total)
-            .map(|i| {
-                let add = match (bias, res) {
-                    (true, true) => b[(i / s) % c] + r[i],
-                    (true, false) => b[(i / s) % c],
-                    _ => r[i],
-                };
-                y[i] + add
-            })
-            .collect();
-        let mut inputs = vec![raw(&y)];
-        if bias {
-            inputs.push(raw(&b));
-        }
-        if res {
-            inputs.push(raw(&r));
-        }
-        let host = run(kernel, dims, 0.0, &inputs, 1);
+        let (b, r) = (bias.then_some(&b[..]), res.then_some(&r[..]));
+        let want: Vec<f32> = (0..total).map(|i| epilogue(y[i], i, (s, c), b, r)).collect();
+        let host = run(kernel, dims, 0.0, &epilogue_inputs(raw(&y), b, r), 1);
         assert_same(kernel, &tensor(want, &[total]), &host[0]);
     }
 }
@@ -271,7 +277,6 @@ fn bf16_copies_round_to_nearest_even_channels_last() {
         return;
     }
     use half::bf16;
-    let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let raw16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     for (n, c, s) in [(2, 5, 37), (1, 3, 70), (1, 16, 32), (3, 1, 5)] {
         let total = n * c * s;
@@ -306,25 +311,11 @@ fn bf16_copies_round_to_nearest_even_channels_last() {
             ("bf16_to_f32_bias_residual", true, true),
             ("bf16_to_f32_residual", false, true),
         ] {
+            let (b, r) = (bias.then_some(&b[..]), res.then_some(&r[..]));
             let expect: Vec<f32> = (0..total)
-                .map(|i| {
-                    let v = bf16::from_bits(want[copy_index(i)]).to_f32();
-                    match (bias, res) {
-                        (true, true) => v + (b[(i / s) % c] + r[i]),
-                        (true, false) => v + b[(i / s) % c],
-                        (false, true) => v + r[i],
-                        (false, false) => v,
-                    }
-                })
+                .map(|i| epilogue(bf16::from_bits(want[copy_index(i)]).to_f32(), i, (s, c), b, r))
                 .collect();
-            let mut inputs = vec![raw16(&want)];
-            if bias {
-                inputs.push(raw(&b));
-            }
-            if res {
-                inputs.push(raw(&r));
-            }
-            let host = run(kernel, dims, 0.0, &inputs, 1);
+            let host = run(kernel, dims, 0.0, &epilogue_inputs(raw16(&want), b, r), 1);
             let what = format!("{kernel}, (N, C, S) = {:?}", (n, c, s));
             assert_same(&what, &tensor(expect, &[total]), &host[0]);
         }
