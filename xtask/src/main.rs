@@ -77,6 +77,10 @@ enum Command {
         /// Seed of the fold assignment.
         #[arg(long, default_value_t = 0, conflicts_with = "list")]
         seed: u64,
+        /// k-fold: fraction of each fold's non-test cases held out for validation (checkpoint
+        /// selection); the held-out fold itself is the test set.
+        #[arg(long, default_value_t = 0.2, conflicts_with = "list")]
+        val_fraction: f64,
         /// A fixed list instead of k-fold: brats2018-rfnet:1|2|3, brats2020-rfnet, brats2021-m2ftrans.
         #[arg(long)]
         list: Option<String>,
@@ -176,7 +180,7 @@ fn run(command: Command) -> Result<()> {
             let opts = GpuBundleOptions { cuda_home, compute_cap, target_dir, out };
             gpu_bundle::gpu_bundle(&workspace, &opts)?;
         }
-        Command::Splits { manifest, out, k, seed, list, allow_missing, force } => {
+        Command::Splits { manifest, out, k, seed, val_fraction, list, allow_missing, force } => {
             let m = Manifest::load(&manifest)?;
             let owned =
                 |ids: Vec<&str>| ids.into_iter().map(str::to_string).collect::<Vec<String>>();
@@ -193,7 +197,7 @@ fn run(command: Command) -> Result<()> {
                             "leaving unlabelled cases out of the folds"
                         );
                     }
-                    splits::kfold(&m.name, &labelled, k, seed)
+                    splits::kfold(&m.name, &labelled, k, seed, val_fraction)
                 }
             }
             .with_context(|| format!("making splits for {}", manifest.display()))?;

@@ -6,13 +6,16 @@
 //! {
 //!   "format_version": 1,
 //!   "dataset": "brats2018",
-//!   "method": { "kfold": { "k": 5, "seed": 0 } },
+//!   "method": { "kfold": { "k": 5, "seed": 0, "val_fraction": 0.2 } },
 //!         // or { "list": { "name": "brats2018-rfnet", "split": 1, "provenance": "…" } }
-//!   "folds": [ { "train": ["…"], "val": ["…"], "test": [] } ]
+//!   "folds": [ { "train": ["…"], "val": ["…"], "test": ["…"] } ]
 //! }
 //! ```
-//! k-fold: fold `i` validates on part `i` and trains on the rest; `test` is empty. Ids inside
-//! each list are sorted. The shuffle is a Fisher–Yates driven by ChaCha8 words through a
+//! k-fold: fold `i` holds out part `i` as its **test** set; its validation set (which picks
+//! `best.safetensors`) is carved from the other parts, `val_fraction` of them drawn by a seeded
+//! shuffle, and the rest train. So no fold is ever scored on the cases that chose its
+//! checkpoint, and every case is tested exactly once over the k folds. Ids inside each list
+//! are sorted. The shuffle is a Fisher–Yates driven by ChaCha8 words through a
 //! multiply-shift (not `rand`'s `shuffle`, whose output may change between `rand` versions),
 //! so a seed gives the same split on every platform and version.
 
@@ -31,7 +34,7 @@ pub const LIST_PROVENANCE: &str =
     "the RFNet data archive, as republished in the M2FTrans and DeMoSeg repositories";
 
 /// A split file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Splits {
     /// Always [`FORMAT_VERSION`] when written by this code.
     pub format_version: u32,
@@ -44,7 +47,7 @@ pub struct Splits {
 }
 
 /// How a split was made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Seeded k-fold over the sorted case ids.
@@ -53,6 +56,10 @@ pub enum Method {
         k: usize,
         /// ChaCha8 seed.
         seed: u64,
+        /// Fraction of each fold's non-test cases held out for validation (absent in files
+        /// written before folds had a test part: 0).
+        #[serde(default)]
+        val_fraction: f64,
     },
     /// A fixed list from the literature.
     List {
@@ -66,13 +73,13 @@ pub enum Method {
 }
 
 /// One fold: disjoint sorted lists of case ids.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fold {
     /// Training cases.
     pub train: Vec<String>,
-    /// Validation cases.
+    /// Validation cases (checkpoint selection).
     pub val: Vec<String>,
-    /// Test cases (empty for k-fold).
+    /// Held-out test cases (the reported table).
     pub test: Vec<String>,
 }
 
@@ -122,17 +129,28 @@ pub fn list_names() -> Vec<String> {
     LISTS.iter().map(|(name, split, ..)| format!("{name}:{split}")).collect()
 }
 
-/// Seeded k-fold over `ids` (sorted first, duplicates removed).
+/// Seeded k-fold over `ids` (sorted first, duplicates removed): fold `i` tests on part `i`
+/// and validates on `val_fraction` of the remaining cases (module docs).
 ///
 /// # Errors
-/// If `k < 2` or there are fewer distinct ids than folds.
-pub fn kfold(dataset: &str, ids: &[String], k: usize, seed: u64) -> Result<Splits> {
+/// If `k < 2`, there are fewer distinct ids than folds, `val_fraction` is outside `[0, 1)`, or
+/// a fold would be left without a training case.
+pub fn kfold(
+    dataset: &str,
+    ids: &[String],
+    k: usize,
+    seed: u64,
+    val_fraction: f64,
+) -> Result<Splits> {
     let sorted: Vec<String> = ids.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
     if k < 2 {
         bail!("--k must be at least 2 (got {k})");
     }
     if sorted.len() < k {
         bail!("cannot make {k} folds from {} cases", sorted.len());
+    }
+    if !(0.0..1.0).contains(&val_fraction) {
+        bail!("--val-fraction must lie in [0, 1) (got {val_fraction})");
     }
     let order = shuffled_indices(sorted.len(), seed);
     let mut parts: Vec<Vec<String>> = vec![Vec::new(); k];
@@ -144,22 +162,51 @@ pub fn kfold(dataset: &str, ids: &[String], k: usize, seed: u64) -> Result<Split
     }
     let folds = (0..k)
         .map(|i| {
-            let mut train: Vec<String> = parts
+            let rest: Vec<String> = parts
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
                 .flat_map(|(_, p)| p.iter().cloned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
                 .collect();
+            let n_val = (rest.len() as f64 * val_fraction).round() as usize;
+            if n_val >= rest.len() {
+                bail!(
+                    "fold {i}: {} non-test cases leave none to train on with --val-fraction {val_fraction}",
+                    rest.len()
+                );
+            }
+            // Each fold draws its own validation cases, from a seed derived from (seed, fold).
+            let pick = shuffled_indices(rest.len(), fold_seed(seed, i));
+            let val_idx: BTreeSet<usize> = pick[..n_val].iter().copied().collect();
+            let (mut val, mut train) = (Vec::new(), Vec::new());
+            for (j, id) in rest.into_iter().enumerate() {
+                if val_idx.contains(&j) {
+                    val.push(id);
+                } else {
+                    train.push(id);
+                }
+            }
             train.sort();
-            Fold { train, val: parts[i].clone(), test: Vec::new() }
+            val.sort();
+            Ok(Fold { train, val, test: parts[i].clone() })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     Ok(Splits {
         format_version: FORMAT_VERSION,
         dataset: dataset.to_string(),
-        method: Method::Kfold { k, seed },
+        method: Method::Kfold { k, seed, val_fraction },
         folds,
     })
+}
+
+/// The seed of fold `fold`'s validation draw (SplitMix64 of the two; never equal to `seed`).
+fn fold_seed(seed: u64, fold: usize) -> u64 {
+    let mut z = seed ^ (fold as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// `0..n` shuffled by Fisher–Yates with ChaCha8(`seed`); stable across versions.
@@ -293,18 +340,23 @@ mod tests {
         fn kfold_is_disjoint_complete_and_deterministic(n in 2usize..120, k in 2usize..8, seed in any::<u64>()) {
             prop_assume!(k <= n);
             let all = ids(n);
-            let a = kfold("d", &all, k, seed).unwrap();
-            let b = kfold("d", &all.iter().rev().cloned().collect::<Vec<_>>(), k, seed).unwrap();
+            let a = kfold("d", &all, k, seed, 0.2).unwrap();
+            let b = kfold("d", &all.iter().rev().cloned().collect::<Vec<_>>(), k, seed, 0.2).unwrap();
             prop_assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
             prop_assert_eq!(a.folds.len(), k);
-            let mut vals: Vec<String> = a.folds.iter().flat_map(|f| f.val.iter().cloned()).collect();
-            vals.sort();
-            prop_assert_eq!(&vals, &all); // every case validated exactly once
+            let mut tests: Vec<String> = a.folds.iter().flat_map(|f| f.test.iter().cloned()).collect();
+            tests.sort();
+            prop_assert_eq!(&tests, &all); // every case tested exactly once
             for fold in &a.folds {
                 let train: BTreeSet<&String> = fold.train.iter().collect();
+                let val: BTreeSet<&String> = fold.val.iter().collect();
+                prop_assert!(fold.test.iter().all(|t| !train.contains(t) && !val.contains(t)));
                 prop_assert!(fold.val.iter().all(|v| !train.contains(v)));
-                prop_assert_eq!(fold.train.len() + fold.val.len(), n);
-                prop_assert!(fold.val.len() == n / k || fold.val.len() == n / k + 1);
+                prop_assert_eq!(fold.train.len() + fold.val.len() + fold.test.len(), n);
+                prop_assert!(fold.test.len() == n / k || fold.test.len() == n / k + 1);
+                let rest = n - fold.test.len();
+                prop_assert_eq!(fold.val.len(), (rest as f64 * 0.2).round() as usize);
+                prop_assert!(!fold.train.is_empty());
             }
         }
     }
@@ -312,11 +364,11 @@ mod tests {
     #[test]
     fn kfold_is_value_stable() {
         // Guards the published splits: a change here changes every k-fold JSON ever written.
-        let s = kfold("d", &ids(10), 3, 0).unwrap();
-        let vals: Vec<Vec<&str>> =
-            s.folds.iter().map(|f| f.val.iter().map(String::as_str).collect()).collect();
+        let s = kfold("d", &ids(10), 3, 0, 0.2).unwrap();
+        let tests: Vec<Vec<&str>> =
+            s.folds.iter().map(|f| f.test.iter().map(String::as_str).collect()).collect();
         assert_eq!(
-            vals,
+            tests,
             [
                 vec!["case_000", "case_003", "case_006", "case_007"],
                 vec!["case_001", "case_002", "case_005"],
@@ -328,13 +380,15 @@ mod tests {
     #[test]
     fn different_seeds_differ() {
         let all = ids(50);
-        assert_ne!(kfold("d", &all, 5, 0).unwrap(), kfold("d", &all, 5, 1).unwrap());
+        assert_ne!(kfold("d", &all, 5, 0, 0.2).unwrap(), kfold("d", &all, 5, 1, 0.2).unwrap());
     }
 
     #[test]
     fn kfold_rejects_bad_k() {
-        assert!(kfold("d", &ids(3), 1, 0).is_err());
-        assert!(kfold("d", &ids(3), 4, 0).is_err());
+        assert!(kfold("d", &ids(3), 1, 0, 0.2).is_err());
+        assert!(kfold("d", &ids(3), 4, 0, 0.2).is_err());
+        assert!(kfold("d", &ids(10), 2, 0, 1.0).is_err());
+        assert!(kfold("d", &ids(10), 2, 0, -0.1).is_err());
     }
 
     #[test]
@@ -381,7 +435,7 @@ mod tests {
     fn write_refuses_to_overwrite_without_force() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("sub/s.json");
-        let s = kfold("d", &ids(10), 2, 0).unwrap();
+        let s = kfold("d", &ids(10), 2, 0, 0.2).unwrap();
         write(&s, &out, false).unwrap();
         let err = write(&s, &out, false).unwrap_err().to_string();
         assert!(err.contains("--force"), "{err}");

@@ -56,9 +56,13 @@ pub struct DataConfig {
     #[serde(default)]
     pub fold: usize,
     /// Without a split file: fraction of the (sorted, seeded-shuffled) cases held out for
-    /// validation.
+    /// validation (checkpoint selection).
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// Without a split file: fraction held out as the test set, never seen in training or
+    /// checkpoint selection.
+    #[serde(default = "default_val_fraction")]
+    pub test_fraction: f64,
     /// Directory of the preprocessed-case cache (`None`: no cache). Relative paths are relative
     /// to the run directory.
     pub cache: Option<PathBuf>,
@@ -74,7 +78,10 @@ fn default_val_fraction() -> f64 {
 pub struct SyntheticConfig {
     /// Training cases.
     pub train_cases: usize,
-    /// Held-out cases (validation and the final table).
+    /// Validation cases (checkpoint selection; 0: no validation, no `best.safetensors`).
+    #[serde(default)]
+    pub val_cases: usize,
+    /// Held-out test cases (the final table), disjoint from the validation cases.
     pub test_cases: usize,
     /// Grid of each generated case `[nx, ny, nz]`.
     pub shape: [usize; 3],
@@ -94,7 +101,7 @@ fn default_synth_dir() -> PathBuf {
 }
 
 /// Which literature protocol to follow (MGSD-SPEC §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// ACN / SMU-Net / MGSD: min-max per volume, random crop to the patch, centre crop for
@@ -116,6 +123,19 @@ pub enum Normalisation {
     ZScore,
 }
 
+/// How overlapping sliding windows are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Blend {
+    /// Gaussian importance weights, σ = 1/8 of the patch per axis (nnU-Net, MONAI
+    /// `mode="gaussian", sigma_scale=0.125`): window borders, where the network sees least
+    /// context, count least.
+    #[default]
+    Gaussian,
+    /// Every window counts equally (RFNet, MONAI `mode="constant"`).
+    Constant,
+}
+
 /// Preprocessing and evaluation protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +153,13 @@ pub struct ProtocolConfig {
     /// Window overlap for sliding-window inference, in [0, 1).
     #[serde(default = "default_overlap")]
     pub overlap: f64,
+    /// How overlapping sliding windows are combined: `gaussian` (nnU-Net's importance
+    /// weighting, σ = patch / 8) or `constant` (plain average, RFNet).
+    #[serde(default)]
+    pub blend: Blend,
+    /// Mirror test-time augmentation: average over the 8 axis-flip combinations (8× the time).
+    #[serde(default)]
+    pub tta: bool,
     /// Score with "ET < N voxels → 0" (default: 500 for `rfnet`, none for `acn`).
     pub min_et_voxels: Option<usize>,
     /// Random flips on each axis during training (p = 0.5).
@@ -158,6 +185,8 @@ impl Default for ProtocolConfig {
             normalisation: None,
             sliding_window: None,
             overlap: default_overlap(),
+            blend: Blend::default(),
+            tta: false,
             min_et_voxels: None,
             flips: true,
         }
@@ -309,7 +338,8 @@ pub struct TrainConfig {
     /// Modality-mask sampler: `reference`, `uniform` or `fixed:<modalities>`.
     #[serde(default)]
     pub sampler: Sampler,
-    /// Validate (all 15 subsets) every N epochs; 0 = only at the end.
+    /// Validate (all 15 subsets) every N epochs and after the last; 0 = once, at the end.
+    /// Validation keeps the best-scoring weights as `best.safetensors`.
     #[serde(default = "default_val_every")]
     pub val_every: usize,
     /// Master seed.
@@ -514,6 +544,12 @@ impl Config {
         if !(0.0..1.0).contains(&d.val_fraction) {
             bail!("[data] val_fraction = {} must lie in [0, 1)", d.val_fraction);
         }
+        if !(0.0..1.0).contains(&d.test_fraction) || d.val_fraction + d.test_fraction >= 1.0 {
+            bail!(
+                "[data] test_fraction = {} must lie in [0, 1) and leave training cases (val_fraction + test_fraction < 1)",
+                d.test_fraction
+            );
+        }
         if let Some(s) = &d.synthetic {
             if s.train_cases == 0 || s.test_cases == 0 {
                 bail!("[data.synthetic] needs train_cases > 0 and test_cases > 0");
@@ -604,6 +640,9 @@ impl Config {
         c.run = RunConfig::default();
         c.train.max_minutes = None;
         c.data.cache = None;
+        // How held-out cases are inferred does not change training.
+        c.protocol.blend = Blend::default();
+        c.protocol.tta = false;
         let text = c.to_toml()?;
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in text.bytes() {

@@ -66,8 +66,38 @@ pub struct Splits {
     pub train: Vec<CaseFiles>,
     /// Validation cases (every `val_every` epochs, best checkpoint).
     pub val: Vec<CaseFiles>,
-    /// Test cases (the final table); equal to `val` when the source has no test split.
+    /// Held-out test cases (the final table); never used for training or checkpoint
+    /// selection, and empty when the split has no test part (then nothing is reported as a
+    /// test result).
     pub test: Vec<CaseFiles>,
+}
+
+impl Splits {
+    /// The cases of `part` (`train`, `val` or `test`).
+    ///
+    /// # Errors
+    /// An unknown part name, or a part with no case (`origin` names the split in the message).
+    pub fn part(&self, part: &str, origin: &str) -> Result<&[CaseFiles]> {
+        let cases = match part {
+            "train" => &self.train,
+            "val" => &self.val,
+            "test" => &self.test,
+            other => bail!("--part {other}: expected test, val or train"),
+        };
+        if cases.is_empty() {
+            bail!(
+                "{origin} has no {part} case{}",
+                if part == "test" {
+                    "; split files written before folds had a held-out test part list none — \
+                     rewrite it with `cargo xtask splits` (k-fold now holds out a test fold), or \
+                     evaluate `--part val` knowingly (those cases chose best.safetensors)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(cases)
+    }
 }
 
 /// Minimal mirror of the manifest `cargo xtask fetch-brats` writes (`xtask/src/manifest.rs`,
@@ -209,28 +239,37 @@ pub fn split_with_file(cases: &[CaseFiles], path: &Path, fold: usize) -> Result<
     };
     let train = pick(&f.train, "train")?;
     let val = pick(&f.val, "val")?;
-    let mut test = pick(&f.test, "test")?;
-    if test.is_empty() {
-        test = val.clone();
-    }
+    let test = pick(&f.test, "test")?;
     if train.is_empty() {
         bail!("{}: fold {fold} has no training case", path.display());
     }
     Ok(Splits { train, val, test })
 }
 
-/// Splits sorted `cases` without a split file: a seeded shuffle, `val_fraction` held out
-/// (validation and test).
-pub fn split_random(cases: &[CaseFiles], val_fraction: f64, seed: u64) -> Splits {
+/// Splits sorted `cases` without a split file: a seeded shuffle; `test_fraction` of the cases
+/// are held out for testing, `val_fraction` for validation, the rest train (at least one).
+pub fn split_random(
+    cases: &[CaseFiles],
+    val_fraction: f64,
+    test_fraction: f64,
+    seed: u64,
+) -> Splits {
     let mut idx: Vec<usize> = (0..cases.len()).collect();
     shuffle(&mut idx, &mut ChaCha8Rng::seed_from_u64(mix(seed, stream::SPLIT)));
-    let n_val =
-        ((cases.len() as f64 * val_fraction).round() as usize).min(cases.len().saturating_sub(1));
-    let mut val: Vec<CaseFiles> = idx[..n_val].iter().map(|&i| cases[i].clone()).collect();
-    let mut train: Vec<CaseFiles> = idx[n_val..].iter().map(|&i| cases[i].clone()).collect();
-    val.sort_by(|a, b| a.id.cmp(&b.id));
-    train.sort_by(|a, b| a.id.cmp(&b.id));
-    Splits { train, test: val.clone(), val }
+    let n = cases.len();
+    let count = |f: f64| (n as f64 * f).round() as usize;
+    let n_test = count(test_fraction).min(n.saturating_sub(1));
+    let n_val = count(val_fraction).min(n.saturating_sub(1 + n_test));
+    let part = |r: std::ops::Range<usize>| {
+        let mut v: Vec<CaseFiles> = idx[r].iter().map(|&i| cases[i].clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    };
+    Splits {
+        test: part(0..n_test),
+        val: part(n_test..n_test + n_val),
+        train: part(n_test + n_val..n),
+    }
 }
 
 /// Loads cases, through an in-memory store and/or an on-disk cache of decoded volumes.
@@ -617,10 +656,12 @@ mod tests {
                 scheme: LabelScheme::Brats2018,
             })
             .collect();
-        let s = split_random(&cases, 0.3, 1);
+        let s = split_random(&cases, 0.3, 0.2, 1);
+        assert_eq!(s.test.len(), 2);
         assert_eq!(s.val.len(), 3);
-        assert_eq!(s.train.len(), 7);
-        let mut ids: Vec<_> = s.train.iter().chain(&s.val).map(|c| c.id.clone()).collect();
+        assert_eq!(s.train.len(), 5);
+        let mut ids: Vec<_> =
+            s.train.iter().chain(&s.val).chain(&s.test).map(|c| c.id.clone()).collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 10);

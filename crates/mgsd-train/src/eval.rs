@@ -5,9 +5,14 @@
 //! Every prediction is scored on the case's ORIGINAL grid (un-cropped) against its original
 //! label map, with the voxel spacing of its header. The "ET < N voxels → 0" variant
 //! ([`PostProcess`]) is reported beside the plain scores (columns marked `*`).
+//!
+//! Every report states what it is: the protocol (window, blending, TTA), and — set by the
+//! caller through [`EvalReport::provenance`] — the checkpoint, the split file with its SHA-256,
+//! the part and the cases. With a centre window, the brain voxels it leaves out are counted.
 
+use crate::config::ProtocolConfig;
 use crate::data::CaseStore;
-use crate::infer::{probabilities, Window};
+use crate::infer::{probabilities, Inference, Window};
 use crate::metrics::{score_case, CaseScores, PostProcess, RegionScore, EMPTY_HD95_MM};
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -25,14 +30,57 @@ use std::path::Path;
 pub struct EvalSettings {
     /// Preprocessing (its `order` must be the ACN channel order).
     pub pipeline: Pipeline,
-    /// Whole image or sliding windows.
-    pub window: Window,
+    /// Window layout and test-time augmentation.
+    pub inference: Inference,
+    /// The protocol in one line (table headers).
+    pub description: String,
     /// The post-processed variant's threshold (`None`: the variant equals the plain scores).
     pub min_et: Option<usize>,
     /// Subsets to evaluate (default: all 15).
     pub subsets: Vec<ModalitySet>,
     /// Show a progress bar.
     pub progress: bool,
+}
+
+impl EvalSettings {
+    /// The settings of a protocol, all 15 subsets. The "ET < N → 0" variant uses the protocol's
+    /// threshold, or the literature's 500 when the protocol has none.
+    pub fn for_protocol(p: &ProtocolConfig, progress: bool) -> Self {
+        EvalSettings {
+            pipeline: crate::protocol::eval_pipeline(p),
+            inference: crate::protocol::inference(p),
+            description: crate::protocol::describe(p),
+            min_et: p.min_et().or(Some(crate::metrics::RFNET_MIN_ET_VOXELS)),
+            subsets: ModalitySet::all_nonempty().to_vec(),
+            progress,
+        }
+    }
+}
+
+/// Where a table comes from: stated in `eval.json` and the Markdown header.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Provenance {
+    /// The checkpoint evaluated.
+    pub checkpoint: String,
+    /// The split file, if any.
+    pub split_file: Option<String>,
+    /// SHA-256 of the split file's bytes.
+    pub split_sha256: Option<String>,
+    /// Fold of the split file.
+    pub fold: Option<usize>,
+    /// `test`, `val`, `train`, or `all` (every labelled case, no split).
+    pub part: String,
+}
+
+/// Brain voxels a centre window left out, over the evaluated cases.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WindowLoss {
+    /// Cases with brain outside the window.
+    pub cases: usize,
+    /// Brain voxels outside the window, summed over cases.
+    pub voxels: usize,
+    /// The largest fraction of one case's brain outside the window.
+    pub max_fraction: f64,
 }
 
 /// Scores of one case with one subset.
@@ -66,6 +114,18 @@ pub struct SubsetRow {
 /// The whole table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
+    /// The protocol in one line.
+    #[serde(default)]
+    pub protocol: String,
+    /// Checkpoint, split and part (set by the caller).
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
+    /// The evaluated case ids, sorted.
+    #[serde(default)]
+    pub cases: Vec<String>,
+    /// With a centre window: the brain it left out.
+    #[serde(default)]
+    pub outside_window: Option<WindowLoss>,
     /// One row per subset, in the literature's order.
     pub rows: Vec<SubsetRow>,
     /// Mean over subsets.
@@ -82,6 +142,7 @@ impl EvalReport {
         per_case: Vec<CaseResult>,
         subsets: &[ModalitySet],
         min_et: Option<usize>,
+        protocol: String,
     ) -> Self {
         let rows: Vec<SubsetRow> = subsets
             .iter()
@@ -109,7 +170,58 @@ impl EvalReport {
             hd95: [0, 1, 2].map(|r| avg(&|x| x.hd95[r])),
             et_post: [avg(&|x| x.et_post[0]), avg(&|x| x.et_post[1])],
         };
-        EvalReport { rows, mean, min_et, per_case }
+        let mut cases: Vec<String> = per_case.iter().map(|c| c.case.clone()).collect();
+        cases.sort();
+        cases.dedup();
+        EvalReport {
+            protocol,
+            provenance: None,
+            cases,
+            outside_window: None,
+            rows,
+            mean,
+            min_et,
+            per_case,
+        }
+    }
+
+    /// What the table is: cases, part, checkpoint, split and protocol, one item per line.
+    pub fn header(&self) -> String {
+        let mut s = String::new();
+        match &self.provenance {
+            Some(p) => {
+                let split = match (&p.split_file, &p.split_sha256) {
+                    (Some(f), Some(h)) => {
+                        format!(" of {f} (fold {}, SHA-256 {h})", p.fold.unwrap_or(0))
+                    }
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    s,
+                    "{} {} cases{split}, checkpoint {}",
+                    self.cases.len(),
+                    p.part,
+                    p.checkpoint
+                );
+            }
+            None => {
+                let _ = writeln!(s, "{} cases", self.cases.len());
+            }
+        }
+        let _ = writeln!(s, "{}", self.protocol);
+        if let Some(w) = &self.outside_window {
+            if w.voxels > 0 {
+                let _ = writeln!(
+                    s,
+                    "the centre window left out {} brain voxels in {} of {} cases (up to {:.1}% of a brain)",
+                    w.voxels,
+                    w.cases,
+                    self.cases.len(),
+                    100.0 * w.max_fraction
+                );
+            }
+        }
+        s
     }
 
     /// Mean Dice over subsets and regions: the validation score.
@@ -121,6 +233,10 @@ impl EvalReport {
     pub fn markdown(&self) -> String {
         let post = self.min_et.map_or("ET*".to_string(), |n| format!("ET* (<{n}→0)"));
         let mut s = String::new();
+        for line in self.header().lines() {
+            let _ = writeln!(s, "{line}  ");
+        }
+        let _ = writeln!(s);
         let _ = writeln!(
             s,
             "| Modalities | Dice WT | Dice TC | Dice ET | {post} | HD95 WT | HD95 TC | HD95 ET | HD95 {post} |"
@@ -247,6 +363,8 @@ pub fn evaluate(
     );
     bar.set_prefix("evaluate");
     let mut per_case = Vec::with_capacity(total as usize);
+    let centre = matches!(settings.inference.window, Window::Whole);
+    let mut loss = WindowLoss::default();
     for files in cases {
         let case = store.load(files)?;
         let truth = case
@@ -261,9 +379,17 @@ pub fn evaluate(
             .pipeline
             .eval(&view)
             .with_context(|| format!("preprocessing case {}", files.id))?;
+        if centre {
+            let (outside, brain) = crate::protocol::brain_outside_window(&view, &sample.record)?;
+            if outside > 0 {
+                loss.cases += 1;
+                loss.voxels += outside;
+                loss.max_fraction = loss.max_fraction.max(outside as f64 / brain.max(1) as f64);
+            }
+        }
         for subset in &settings.subsets {
             let mask = subset.channel_mask(&ACN_CHANNEL_ORDER);
-            let probs = probabilities(unet, &sample.image, mask, settings.window, device)
+            let probs = probabilities(unet, &sample.image, mask, settings.inference, device)
                 .with_context(|| format!("segmenting case {} with {subset}", files.id))?;
             let labels = labels_from_channels(&probs)?;
             let full = sample.record.uncrop(&labels, 1)?;
@@ -289,5 +415,21 @@ pub fn evaluate(
         }
     }
     bar.finish_and_clear();
-    Ok(EvalReport::from_cases(per_case, &settings.subsets, settings.min_et))
+    if loss.voxels > 0 {
+        tracing::warn!(
+            "the centre window left out {} brain voxels in {} of {} cases (up to {:.1}% of a brain); `--window sliding` covers the whole brain",
+            loss.voxels,
+            loss.cases,
+            cases.len(),
+            100.0 * loss.max_fraction
+        );
+    }
+    let mut report = EvalReport::from_cases(
+        per_case,
+        &settings.subsets,
+        settings.min_et,
+        settings.description.clone(),
+    );
+    report.outside_window = centre.then_some(loss);
+    Ok(report)
 }

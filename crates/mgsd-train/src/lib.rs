@@ -7,7 +7,8 @@
 //! * [`optim`] — PyTorch-compatible Adam (L2 weight decay) with saveable state; poly schedule.
 //! * [`checkpoint`] — atomic safetensors checkpoints with reference names and training state.
 //! * [`train`] — the training loop, run directory, exact resume, fault handling.
-//! * [`infer`] — whole-image and sliding-window inference.
+//! * [`infer`] — whole-image and sliding-window inference (Gaussian blending, mirror TTA).
+//! * [`protocol`] — the inference protocol of `eval`/`predict`/validation: checkpoint + flags.
 //! * [`metrics`] — Dice and HD95 per BraTS region with the BraTS 2018–2021 conventions.
 //! * [`eval`] — the 15 × 3 Dice/HD95 table (Markdown, CSV, JSON, per case).
 //! * [`predict`] — segmenting a patient with any subset of modalities into its original space.
@@ -24,4 +25,5 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod predict;
+pub mod protocol;
 pub mod train;

@@ -9,12 +9,13 @@ use clap::{Parser, Subcommand};
 use mgsd_io::{Modality, ModalitySet};
 use mgsd_nn::ConvPrecision;
 use mgsd_train::checkpoint;
-use mgsd_train::config::{open_device, parse_device, set_precision, Config, ProtocolConfig};
+use mgsd_train::config::{open_device, parse_device, set_precision, Config};
 use mgsd_train::data::{read_manifest, split_with_file, CaseStore};
-use mgsd_train::eval::evaluate;
+use mgsd_train::eval::{evaluate, EvalSettings, Provenance};
 use mgsd_train::model::unet_from_checkpoint;
 use mgsd_train::predict::{predict, PredictOptions};
-use mgsd_train::train::{eval_settings, files, train, RunOptions, StopReason};
+use mgsd_train::protocol::{self, ProtocolArgs};
+use mgsd_train::train::{files, train, RunOptions, StopReason};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -73,7 +74,8 @@ enum Command {
         /// Fold of the split file.
         #[arg(long, default_value_t = 0)]
         fold: usize,
-        /// Which part of the split: test, val or train.
+        /// Which part of the split: test (held out), val (chose best.safetensors) or train. A
+        /// part the split file does not have is an error.
         #[arg(long, default_value = "test")]
         part: String,
         /// Output folder for eval.md/.csv/.json and eval-cases.csv (default: next to the checkpoint).
@@ -82,9 +84,9 @@ enum Command {
         /// Only these subsets (e.g. `flair+t1ce`; repeatable). Default: all 15.
         #[arg(long)]
         subset: Vec<String>,
-        /// Evaluate with sliding windows (default: the checkpoint's protocol).
-        #[arg(long)]
-        sliding_window: bool,
+        /// Protocol overrides (default: the checkpoint's protocol, whose window it keeps).
+        #[command(flatten)]
+        protocol: ProtocolArgs,
     },
     /// Segment one patient with whatever modalities it has.
     Predict {
@@ -106,9 +108,10 @@ enum Command {
         /// Write a PNG preview (three slices with the segmentation overlaid).
         #[arg(long)]
         preview: Option<PathBuf>,
-        /// Sliding-window inference over the whole volume.
-        #[arg(long)]
-        sliding_window: bool,
+        /// Protocol overrides (default: the checkpoint's normalisation and patch, sliding
+        /// windows over the whole brain).
+        #[command(flatten)]
+        protocol: ProtocolArgs,
     },
 }
 
@@ -204,49 +207,47 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Some(Command::Eval {
-            checkpoint,
-            data,
-            split,
-            fold,
-            part,
-            out,
-            subset,
-            sliding_window,
-        }) => {
+        Some(Command::Eval { checkpoint, data, split, fold, part, out, subset, protocol }) => {
             let device = open_device(parse_device(cli.device.as_deref().unwrap_or("cpu"))?)?;
             set_precision(cli.precision.unwrap_or_default(), &device)?;
             let ckpt = checkpoint::load(&checkpoint, &device)?;
             let unet = unet_from_checkpoint(&ckpt, &device)?;
-            let protocol = protocol_of(&ckpt)?;
-            let cases = if data.is_file() {
+            let chosen = protocol.apply(&protocol::of_checkpoint(&ckpt)?, None)?;
+            let all = if data.is_file() {
                 read_manifest(&data)?
             } else {
                 mgsd_io::discover(&data)
                     .with_context(|| format!("looking for cases in {}", data.display()))?
                     .cases
             };
-            let cases = match &split {
+            let (cases, provenance) = match &split {
                 Some(s) => {
-                    let sp = split_with_file(&cases, s, fold)?;
-                    match part.as_str() {
-                        "test" => sp.test,
-                        "val" => sp.val,
-                        "train" => sp.train,
-                        other => bail!("--part {other}: expected test, val or train"),
-                    }
+                    let sp = split_with_file(&all, s, fold)?;
+                    let origin = format!("{} (fold {fold})", s.display());
+                    let cases = sp.part(&part, &origin)?.to_vec();
+                    let provenance = Provenance {
+                        checkpoint: checkpoint.display().to_string(),
+                        split_file: Some(s.display().to_string()),
+                        split_sha256: Some(sha256_of(s)?),
+                        fold: Some(fold),
+                        part: part.clone(),
+                    };
+                    (cases, provenance)
                 }
-                None => cases.into_iter().filter(|c| c.label.is_some()).collect(),
+                None => {
+                    let cases: Vec<_> = all.into_iter().filter(|c| c.label.is_some()).collect();
+                    let provenance = Provenance {
+                        checkpoint: checkpoint.display().to_string(),
+                        part: "all labelled".into(),
+                        ..Provenance::default()
+                    };
+                    (cases, provenance)
+                }
             };
             if cases.is_empty() {
                 bail!("no labelled case to evaluate in {}", data.display());
             }
-            let mut settings = eval_settings(&protocol, progress);
-            if sliding_window {
-                let mut p = protocol.clone();
-                p.sliding_window = Some(true);
-                settings = eval_settings(&p, progress);
-            }
+            let mut settings = EvalSettings::for_protocol(&chosen, progress);
             if !subset.is_empty() {
                 settings.subsets = subset
                     .iter()
@@ -255,7 +256,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let t = Instant::now();
             let store = CaseStore::new(false, None);
-            let report = evaluate(&unet, &cases, &store, &settings, &device)?;
+            let mut report = evaluate(&unet, &cases, &store, &settings, &device)?;
+            report.provenance = Some(provenance);
             let out = out.unwrap_or_else(|| {
                 let stem = checkpoint
                     .file_stem()
@@ -280,7 +282,7 @@ fn run(cli: Cli) -> Result<()> {
             modalities,
             probabilities,
             preview,
-            sliding_window,
+            protocol,
         }) => {
             let device = open_device(parse_device(cli.device.as_deref().unwrap_or("cpu"))?)?;
             set_precision(cli.precision.unwrap_or_default(), &device)?;
@@ -298,7 +300,7 @@ fn run(cli: Cli) -> Result<()> {
                 output,
                 probabilities,
                 preview,
-                sliding_window,
+                protocol,
             };
             let s = predict(&opts, &device)?;
             println!(
@@ -309,6 +311,12 @@ fn run(cli: Cli) -> Result<()> {
                 s.counts.get(&1).unwrap_or(&0),
                 s.counts.get(&4).unwrap_or(&0)
             );
+            println!("{}", s.protocol);
+            if let Some((outside, brain)) = s.outside_window.filter(|(o, _)| *o > 0) {
+                println!(
+                    "warning: the centre window left {outside} of {brain} brain voxels unsegmented"
+                );
+            }
             for w in &s.written {
                 println!("wrote {}", w.display());
             }
@@ -340,17 +348,21 @@ fn describe(r: StopReason) -> &'static str {
     }
 }
 
-fn protocol_of(ckpt: &checkpoint::Checkpoint) -> Result<ProtocolConfig> {
-    Ok(match &ckpt.meta {
-        Some(m) => {
-            Config::from_toml(
-                &m.config,
-                &format!("configuration stored in {}", ckpt.path.display()),
-            )?
-            .protocol
-        }
-        None => ProtocolConfig::default(),
-    })
+/// `Brats18_SYN_0020_1 … Brats18_SYN_0025_1`-style summary of sorted ids.
+fn compact_ids(ids: &[String]) -> String {
+    match ids {
+        [] => "none".into(),
+        [one] => one.clone(),
+        [first, .., last] if ids.len() > 3 => format!("{first} … {last}"),
+        _ => ids.join(", "),
+    }
+}
+
+/// SHA-256 of a file's bytes, as lowercase hex.
+fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) for run directory names.
@@ -410,17 +422,25 @@ fn demo(
     let ckpt = checkpoint::load(&out.run_dir.join(files::LAST), &device)?;
     let unet = unet_from_checkpoint(&ckpt, &device)?;
     let store = CaseStore::new(true, None);
-    let report = evaluate(
+    let mut report = evaluate(
         &unet,
         &out.splits.test,
         &store,
-        &eval_settings(&cfg.protocol, progress),
+        &EvalSettings::for_protocol(&cfg.protocol, progress),
         &device,
     )?;
+    report.provenance = Some(Provenance {
+        checkpoint: out.run_dir.join(files::LAST).display().to_string(),
+        part: "test".into(),
+        ..Provenance::default()
+    });
     report.write(&out.run_dir, "eval")?;
     println!(
-        "\nDice (%) on {} held-out synthetic cases, all 15 modality subsets:\n",
-        out.splits.test.len()
+        "\nDice (%) on {} held-out synthetic test cases ({}), never used for training or validation ({} validation cases), all 15 modality subsets; {}:\n",
+        report.cases.len(),
+        compact_ids(&report.cases),
+        out.splits.val.len(),
+        report.protocol
     );
     println!("{}", report.dice_table());
     let et_with: Vec<f64> =

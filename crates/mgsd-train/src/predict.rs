@@ -2,18 +2,22 @@
 //! labels → un-cropped to the ORIGINAL grid → a BraTS-label NIfTI with the source header and
 //! affine (so it overlays the scan in ITK-SNAP / 3D Slicer), optional probability maps and a PNG
 //! preview.
+//!
+//! By default the whole brain is segmented: sliding windows of the checkpoint's patch over the
+//! non-zero bounding box, Gaussian-blended ([`crate::protocol`]). `--window centre` asks for the
+//! ACN literature's single centre window instead, and then the brain voxels it leaves out are
+//! counted and reported.
 
 use crate::checkpoint;
-use crate::config::{Config, ProtocolConfig};
-use crate::infer::{probabilities, Window};
+use crate::infer::probabilities;
 use crate::metrics::PostProcess;
 use crate::model::unet_from_checkpoint;
 use crate::plot::{Canvas, BLACK, WHITE};
-use crate::train::pipeline;
+use crate::protocol::{self, ProtocolArgs, WindowKind};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use mgsd_io::labels::{labels_from_channels, EDEMA, ENHANCING, NCR_NET};
-use mgsd_io::preprocess::{CaseView, EvalWindow};
+use mgsd_io::preprocess::CaseView;
 use mgsd_io::{
     Case, CaseFiles, ImageSource, LabelScheme, Modality, ModalitySet, OutputType, Volume,
     ACN_CHANNEL_ORDER,
@@ -36,8 +40,8 @@ pub struct PredictOptions {
     pub probabilities: Option<PathBuf>,
     /// PNG preview, if wanted.
     pub preview: Option<PathBuf>,
-    /// Sliding-window inference over the whole (brain-cropped) volume.
-    pub sliding_window: bool,
+    /// Overrides of the checkpoint's protocol (window, patch, blending, TTA, …).
+    pub protocol: ProtocolArgs,
 }
 
 /// What `predict` did.
@@ -51,6 +55,10 @@ pub struct PredictSummary {
     pub counts: BTreeMap<u8, usize>,
     /// Files written.
     pub written: Vec<PathBuf>,
+    /// The protocol used, in one line.
+    pub protocol: String,
+    /// With a centre window: brain voxels left out, and the brain's size.
+    pub outside_window: Option<(usize, usize)>,
 }
 
 /// The modality a file name names: the last `_`/`-`/`.`-separated token of its stem
@@ -127,43 +135,42 @@ fn case_files(opts: &PredictOptions) -> Result<CaseFiles> {
 pub fn predict(opts: &PredictOptions, device: &Device) -> Result<PredictSummary> {
     let ckpt = checkpoint::load(&opts.checkpoint, device)?;
     let unet = unet_from_checkpoint(&ckpt, device)?;
-    let protocol = match &ckpt.meta {
-        Some(m) => {
-            Config::from_toml(
-                &m.config,
-                &format!("configuration stored in {}", opts.checkpoint.display()),
-            )?
-            .protocol
-        }
-        None => ProtocolConfig::default(),
-    };
+    let proto = opts.protocol.apply(&protocol::of_checkpoint(&ckpt)?, Some(WindowKind::Sliding))?;
     let files = case_files(opts)?;
     let case = files.load().with_context(|| format!("loading {}", files.id))?;
     let modalities = case.modalities();
     let grid = case.grid().context("the case has no image")?.clone();
 
-    let mut pl = pipeline(&protocol);
-    let sliding = opts.sliding_window || protocol.sliding_window();
-    let window = if sliding {
-        pl.eval_window = EvalWindow::PadToPatch;
-        Window::Sliding { patch: protocol.patch, overlap: protocol.overlap }
-    } else {
-        Window::Whole
-    };
+    let pl = protocol::eval_pipeline(&proto);
     let view = CaseView::from_case(&case, &pl.order)?;
     let sample = pl.eval(&view).with_context(|| format!("preprocessing {}", files.id))?;
+    let outside_window = if proto.sliding_window() {
+        protocol::warn_if_mostly_padding(&files.id, sample.record.valid_box(), proto.patch);
+        None
+    } else {
+        let (outside, brain) = protocol::brain_outside_window(&view, &sample.record)?;
+        if outside > 0 {
+            tracing::warn!(
+                "{}: the centre window {:?} leaves {outside} of {brain} brain voxels ({:.1}%) unsegmented (label 0); drop `--window centre` to segment the whole brain",
+                files.id,
+                proto.patch,
+                100.0 * outside as f64 / brain.max(1) as f64
+            );
+        }
+        Some((outside, brain))
+    };
     let mask = modalities.channel_mask(&ACN_CHANNEL_ORDER);
+    let description = protocol::describe(&proto);
     tracing::info!(
-        "segmenting {} ({modalities}; grid {:?}, window {:?}) with {}",
+        "segmenting {} ({modalities}; grid {:?}) with {}; {description}",
         files.id,
         grid.shape,
-        sample.record.shape(),
         opts.checkpoint.display()
     );
-    let probs = probabilities(&unet, &sample.image, mask, window, device)?;
+    let probs = probabilities(&unet, &sample.image, mask, protocol::inference(&proto), device)?;
     let labels = labels_from_channels(&probs)?;
     let mut full = sample.record.uncrop(&labels, 1)?;
-    PostProcess { min_et: protocol.min_et() }.apply(&mut full);
+    PostProcess { min_et: proto.min_et() }.apply(&mut full);
 
     let mut written = Vec::new();
     if let Some(dir) = opts.output.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -191,7 +198,14 @@ pub fn predict(opts: &PredictOptions, device: &Device) -> Result<PredictSummary>
     for &l in &full {
         *counts.entry(l).or_insert(0) += 1;
     }
-    Ok(PredictSummary { modalities, shape: grid.shape, counts, written })
+    Ok(PredictSummary {
+        modalities,
+        shape: grid.shape,
+        counts,
+        written,
+        protocol: description,
+        outside_window,
+    })
 }
 
 /// Overlay colour of a canonical label.

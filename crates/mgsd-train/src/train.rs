@@ -20,28 +20,25 @@
 //! at the current step and returns.
 
 use crate::checkpoint::{self, Meta};
-use crate::config::{
-    open_device, parse_device, set_precision, Config, Normalisation, Protocol, ProtocolConfig,
-};
+use crate::config::{open_device, parse_device, set_precision, Config};
 use crate::data::{
     mix, read_manifest, split_random, split_with_file, stream, CaseStore, Loader, SampleSource,
     Splits,
 };
-use crate::eval::{evaluate, EvalReport, EvalSettings};
-use crate::infer::Window;
+use crate::eval::{evaluate, EvalSettings};
 use crate::model::{
     mgsd_config, named_vars, objective_from_checkpoint, weight_tensors, DISCRIMINATOR_PREFIX,
     DROPOUT_SEEDS_PER_STEP, OPTIM_D_PREFIX, OPTIM_PREFIX,
 };
 use crate::optim::{poly_lr, Adam, AdamConfig};
 use crate::plot::{curves, Series};
+use crate::protocol::train_pipeline;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use mgsd_distill::objective::{MgsdObjective, EMA_PREFIX, UNET_PREFIX};
 use mgsd_distill::{MaskSampler, MaskSampling, ModalityMask};
 use mgsd_io::labels::target_channels;
-use mgsd_io::preprocess::{EvalWindow, Normalization, Pipeline};
 use mgsd_io::ModalitySet;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -123,43 +120,6 @@ pub struct TrainOutcome {
     pub splits: Splits,
 }
 
-/// The preprocessing recipe of a protocol configuration.
-pub fn pipeline(p: &ProtocolConfig) -> Pipeline {
-    let mut pl = Pipeline::new(
-        match p.name {
-            Protocol::Acn => mgsd_io::Protocol::Acn,
-            Protocol::Rfnet => mgsd_io::Protocol::Rfnet,
-        },
-        p.patch,
-    );
-    pl.normalization = match p.normalisation() {
-        Normalisation::MinMax => Normalization::MinMax,
-        Normalisation::ZScore => Normalization::ZScoreInMask,
-    };
-    pl.eval_window =
-        if p.sliding_window() { EvalWindow::PadToPatch } else { EvalWindow::CentreCrop };
-    if !p.flips {
-        pl.flip_probability = 0.0;
-    }
-    pl
-}
-
-/// Evaluation settings of a protocol (all 15 subsets). The "ET < N → 0" variant uses the
-/// protocol's threshold, or the literature's 500 when the protocol has none.
-pub fn eval_settings(p: &ProtocolConfig, progress: bool) -> EvalSettings {
-    EvalSettings {
-        pipeline: pipeline(p),
-        window: if p.sliding_window() {
-            Window::Sliding { patch: p.patch, overlap: p.overlap }
-        } else {
-            Window::Whole
-        },
-        min_et: p.min_et().or(Some(crate::metrics::RFNET_MIN_ET_VOXELS)),
-        subsets: ModalitySet::all_nonempty().to_vec(),
-        progress,
-    }
-}
-
 /// Resolves the data source of `cfg` into splits. Synthetic cases are generated under
 /// `run_dir` (once; reused on resume).
 ///
@@ -169,36 +129,7 @@ pub fn resolve_data(cfg: &Config, run_dir: &Path) -> Result<Splits> {
     let d = &cfg.data;
     if let Some(s) = &d.synthetic {
         let base = if s.dir.is_absolute() { s.dir.clone() } else { run_dir.join(&s.dir) };
-        let make = |name: &str, n: usize, seed: u64| -> Result<Vec<mgsd_io::CaseFiles>> {
-            let root = base.join(name);
-            let marker = root.join(".complete");
-            if !marker.exists() {
-                if root.exists() {
-                    std::fs::remove_dir_all(&root)
-                        .with_context(|| format!("clearing {}", root.display()))?;
-                }
-                let t = Instant::now();
-                let mut sc = mgsd_io::SynthConfig::new(seed, s.shape);
-                if let Some([lo, hi]) = s.tumour_radius_mm {
-                    sc.tumour.edema_radius_mm = (lo, hi);
-                }
-                mgsd_io::synth::write_dataset(&root, n, &sc)
-                    .with_context(|| format!("generating synthetic cases in {}", root.display()))?;
-                std::fs::write(&marker, b"")
-                    .with_context(|| format!("writing {}", marker.display()))?;
-                tracing::info!(
-                    "generated {n} synthetic {name} cases {:?} in {:.1}s",
-                    s.shape,
-                    t.elapsed().as_secs_f64()
-                );
-            }
-            let ds = mgsd_io::discover(&root)
-                .with_context(|| format!("reading synthetic cases in {}", root.display()))?;
-            Ok(ds.cases)
-        };
-        let train = make("train", s.train_cases, s.seed)?;
-        let test = make("test", s.test_cases, mix(s.seed, 0x7e57))?;
-        return Ok(Splits { train, val: test.clone(), test });
+        return synthetic_splits(s, &base);
     }
     let cases = if let Some(m) = &d.manifest {
         read_manifest(m)?
@@ -217,12 +148,55 @@ pub fn resolve_data(cfg: &Config, run_dir: &Path) -> Result<Splits> {
     }
     let splits = match &d.split {
         Some(path) => split_with_file(&cases, path, d.fold)?,
-        None => split_random(&cases, d.val_fraction, cfg.train.seed),
+        None => split_random(&cases, d.val_fraction, d.test_fraction, cfg.train.seed),
     };
     if splits.train.is_empty() {
         bail!("no training case after splitting");
     }
     Ok(splits)
+}
+
+/// The synthetic cases of a run: one seeded dataset of `train + val + test` cases under
+/// `base/cases` (generated once, reused on resume), split by index, so every case id is
+/// distinct and the three parts never share a case.
+///
+/// # Errors
+/// Generation or I/O failures, naming the folder.
+fn synthetic_splits(s: &crate::config::SyntheticConfig, base: &Path) -> Result<Splits> {
+    let total = s.train_cases + s.val_cases + s.test_cases;
+    let root = base.join("cases");
+    let marker = root.join(".complete");
+    let complete = std::fs::read_to_string(&marker).is_ok_and(|t| t.trim() == total.to_string());
+    if !complete {
+        if root.exists() {
+            std::fs::remove_dir_all(&root)
+                .with_context(|| format!("clearing {}", root.display()))?;
+        }
+        let t = Instant::now();
+        let mut sc = mgsd_io::SynthConfig::new(s.seed, s.shape);
+        if let Some([lo, hi]) = s.tumour_radius_mm {
+            sc.tumour.edema_radius_mm = (lo, hi);
+        }
+        mgsd_io::synth::write_dataset(&root, total, &sc)
+            .with_context(|| format!("generating synthetic cases in {}", root.display()))?;
+        std::fs::write(&marker, total.to_string())
+            .with_context(|| format!("writing {}", marker.display()))?;
+        tracing::info!(
+            "generated {total} synthetic cases {:?} in {:.1}s",
+            s.shape,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let mut cases = mgsd_io::discover(&root)
+        .with_context(|| format!("reading synthetic cases in {}", root.display()))?
+        .cases;
+    if cases.len() != total {
+        bail!("{}: expected {total} synthetic cases, found {}", root.display(), cases.len());
+    }
+    cases.sort_by(|a, b| a.id.cmp(&b.id));
+    let test = cases.split_off(s.train_cases + s.val_cases);
+    let val = cases.split_off(s.train_cases);
+    Ok(Splits { train: cases, val, test })
 }
 
 /// `git rev-parse HEAD`, or "unknown".
@@ -477,6 +451,7 @@ pub fn train(cfg: &Config, opts: &RunOptions) -> Result<TrainOutcome> {
 
     // Data.
     let splits = resolve_data(cfg, &run_dir)?;
+    crate::protocol::check_patch_fits(cfg.protocol.patch, &splits.train)?;
     let cache =
         cfg.data.cache.as_ref().map(|c| if c.is_absolute() { c.clone() } else { run_dir.join(c) });
     // Small datasets stay decoded in memory; large ones go through the disk cache, if any.
@@ -485,7 +460,7 @@ pub fn train(cfg: &Config, opts: &RunOptions) -> Result<TrainOutcome> {
     let source = Arc::new(SampleSource {
         store: store.clone(),
         cases: splits.train.clone(),
-        pipeline: pipeline(&cfg.protocol),
+        pipeline: train_pipeline(&cfg.protocol),
         seed,
     });
     let spe = steps_per_epoch(cfg, splits.train.len());
@@ -712,6 +687,9 @@ pub fn train(cfg: &Config, opts: &RunOptions) -> Result<TrainOutcome> {
                 break 'epochs;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                // The budget ends training: validate once more (with `val_every = 0` this is
+                // the only validation), then save.
+                validate_and_keep_best(cfg, &mut st, &splits, &store, &device, opts, &mut metrics)?;
                 save(&last_path, &st, cfg, spe)?;
                 reason = StopReason::TimeBudget;
                 tracing::info!(
@@ -746,33 +724,8 @@ pub fn train(cfg: &Config, opts: &RunOptions) -> Result<TrainOutcome> {
         csv_row(&mut metrics, &row)?;
         let last_epoch = epoch + 1 == cfg.train.epochs;
         let v = cfg.train.val_every;
-        if v > 0 && ((epoch + 1).is_multiple_of(v) || last_epoch) && !splits.val.is_empty() {
-            let report = validate(cfg, &st, &splits, &store, &device, opts.progress)?;
-            for r in &report.rows {
-                let mut row = vec![String::new(); METRICS_HEADER.split(',').count()];
-                row[0] = "val".into();
-                row[1] = st.step.to_string();
-                row[2] = epoch.to_string();
-                row[13] = r.subset.clone();
-                for k in 0..3 {
-                    row[14 + k] = r.dice[k].to_string();
-                    row[17 + k] = r.hd95[k].to_string();
-                }
-                csv_row(&mut metrics, &row)?;
-            }
-            let score = report.score();
-            tracing::info!(
-                "validation after epoch {}: mean Dice {:.4} (WT/TC/ET {:.3}/{:.3}/{:.3})",
-                epoch + 1,
-                score,
-                report.mean.dice[0],
-                report.mean.dice[1],
-                report.mean.dice[2]
-            );
-            if st.best.is_none_or(|b| score > b) {
-                st.best = Some(score);
-                save(&run_dir.join(files::BEST), &st, cfg, spe)?;
-            }
+        if (v > 0 && (epoch + 1).is_multiple_of(v)) || last_epoch {
+            validate_and_keep_best(cfg, &mut st, &splits, &store, &device, opts, &mut metrics)?;
         }
         save(&last_path, &st, cfg, spe)?;
         metrics.flush().context("writing metrics.csv")?;
@@ -799,19 +752,51 @@ pub fn train(cfg: &Config, opts: &RunOptions) -> Result<TrainOutcome> {
     })
 }
 
-fn validate(
+/// Validates on all 15 subsets (if there are validation cases), logs the table to
+/// `metrics.csv` and keeps the best-scoring weights as `best.safetensors`.
+fn validate_and_keep_best(
     cfg: &Config,
-    st: &State,
+    st: &mut State,
     splits: &Splits,
     store: &CaseStore,
     device: &Device,
-    progress: bool,
-) -> Result<EvalReport> {
-    evaluate(
-        &st.obj.model().unet,
-        &splits.val,
-        store,
-        &eval_settings(&cfg.protocol, progress),
-        device,
-    )
+    opts: &RunOptions,
+    metrics: &mut impl Write,
+) -> Result<()> {
+    if splits.val.is_empty() {
+        return Ok(());
+    }
+    let run_dir = opts.resume.clone().unwrap_or_else(|| cfg.run.dir.clone());
+    let spe = steps_per_epoch(cfg, splits.train.len());
+    let epoch = (st.step.saturating_sub(1) / spe) as usize;
+    let settings = EvalSettings::for_protocol(&cfg.protocol, opts.progress);
+    let report = evaluate(&st.obj.model().unet, &splits.val, store, &settings, device)?;
+    for r in &report.rows {
+        let mut row = vec![String::new(); METRICS_HEADER.split(',').count()];
+        row[0] = "val".into();
+        row[1] = st.step.to_string();
+        row[2] = epoch.to_string();
+        row[13] = r.subset.clone();
+        for k in 0..3 {
+            row[14 + k] = r.dice[k].to_string();
+            row[17 + k] = r.hd95[k].to_string();
+        }
+        csv_row(metrics, &row)?;
+    }
+    let score = report.score();
+    tracing::info!(
+        "validation at step {} (epoch {}): mean Dice {:.4} (WT/TC/ET {:.3}/{:.3}/{:.3}) on {} cases",
+        st.step,
+        epoch + 1,
+        score,
+        report.mean.dice[0],
+        report.mean.dice[1],
+        report.mean.dice[2],
+        splits.val.len()
+    );
+    if st.best.is_none_or(|b| score > b) {
+        st.best = Some(score);
+        save(&run_dir.join(files::BEST), st, cfg, spe)?;
+    }
+    Ok(())
 }

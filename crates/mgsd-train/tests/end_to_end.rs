@@ -5,22 +5,24 @@ use candle_core::Device;
 use mgsd_train::checkpoint;
 use mgsd_train::config::Config;
 use mgsd_train::data::CaseStore;
-use mgsd_train::eval::evaluate;
+use mgsd_train::eval::{evaluate, EvalSettings};
 use mgsd_train::model::unet_from_checkpoint;
 use mgsd_train::predict::{predict, PredictOptions};
-use mgsd_train::train::{eval_settings, files, train, RunOptions, StopReason};
+use mgsd_train::protocol::{ProtocolArgs, WindowKind};
+use mgsd_train::train::{files, train, RunOptions, StopReason};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// A tiny configuration: 3 training + 1 test case of 30 × 26 × 22 voxels (not multiples of 8:
-/// evaluation pads, prediction un-pads), 24³ patches, c = 8.
+/// A tiny configuration: 3 training, 1 validation and 1 test case of 30 × 26 × 25 voxels (not
+/// multiples of 8: evaluation pads, prediction un-pads), 24³ patches, c = 8.
 fn tiny(run_dir: &Path, epochs: usize, val_every: usize) -> Config {
     let text = format!(
         r#"
 [data.synthetic]
 train_cases = 3
+val_cases = 1
 test_cases = 1
-shape = [30, 26, 22]
+shape = [30, 26, 25]
 seed = 11
 
 [protocol]
@@ -96,7 +98,7 @@ fn train_checkpoint_evaluate_predict() {
         &unet,
         &out.splits.test,
         &CaseStore::new(false, None),
-        &eval_settings(&cfg.protocol, false),
+        &EvalSettings::for_protocol(&cfg.protocol, false),
         &Device::Cpu,
     )
     .unwrap();
@@ -126,7 +128,7 @@ fn train_checkpoint_evaluate_predict() {
         output: seg.clone(),
         probabilities: Some(dir.path().join("pred/prob")),
         preview: Some(dir.path().join("pred/preview.png")),
-        sliding_window: false,
+        protocol: ProtocolArgs { window: Some(WindowKind::Centre), ..ProtocolArgs::default() },
     };
     let s = predict(&opts, &Device::Cpu).unwrap();
     assert_eq!(s.modalities.len(), 4);
@@ -161,7 +163,7 @@ fn train_checkpoint_evaluate_predict() {
         output: dir.path().join("pred/seg2.nii"),
         probabilities: None,
         preview: None,
-        sliding_window: true,
+        protocol: ProtocolArgs::default(),
         ..opts
     };
     let s2 = predict(&opts2, &Device::Cpu).unwrap();
@@ -326,7 +328,7 @@ fn errors_name_the_file_and_the_problem() {
         output: dir.path().join("x.nii.gz"),
         probabilities: None,
         preview: None,
-        sliding_window: false,
+        protocol: ProtocolArgs::default(),
     };
     let e = format!("{:#}", predict(&opts, &Device::Cpu).unwrap_err());
     assert!(e.contains("nowhere_t1.nii.gz"), "{e}");
