@@ -19,7 +19,8 @@ OVERLAP=${OVERLAP:-0.5}
 export THREADS RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p mgsd-train -p mgsd-io --example make-synthetic
+  cargo build --release -q -p mgsd-train
+  cargo build --release -q -p mgsd-io --example make-synthetic
   BIN=${CARGO_TARGET_DIR:-target}/release/mgsd-train
 fi
 SYNTH=${SYNTH:-$(dirname "$BIN")/examples/make-synthetic}
