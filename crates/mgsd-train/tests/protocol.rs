@@ -183,17 +183,16 @@ fn readme_train_eval_predict_runs_as_written() {
     assert!(ok, "--part val knowingly: {stderr}");
 }
 
-/// A trained tiny checkpoint (24³ patches) and the case folder of a wide case (70 × 30 × 26).
-fn tiny_checkpoint_and_wide_case(dir: &Path) -> (PathBuf, PathBuf) {
-    let cfg = Config::from_toml(
-        &format!(
-            r#"
+/// Two synthetic 30 × 26 × 25 training cases, one epoch of one step, c = 8, `patch`.
+fn synthetic_config(run_dir: &Path, patch: [usize; 3]) -> Config {
+    let text = format!(
+        r#"
 [data.synthetic]
 train_cases = 2
 test_cases = 1
 shape = [30, 26, 25]
 [protocol]
-patch = [24, 24, 24]
+patch = {patch:?}
 [model]
 channels = 8
 [train]
@@ -202,12 +201,14 @@ steps_per_epoch = 1
 [run]
 dir = "{}"
 "#,
-            dir.join("run").display()
-        ),
-        "test",
-    )
-    .unwrap();
-    train(&cfg, &RunOptions::default()).unwrap();
+        run_dir.display()
+    );
+    Config::from_toml(&text, "test").unwrap()
+}
+
+/// A trained tiny checkpoint (24³ patches) and the case folder of a wide case (70 × 30 × 26).
+fn tiny_checkpoint_and_wide_case(dir: &Path) -> (PathBuf, PathBuf) {
+    train(&synthetic_config(&dir.join("run"), [24; 3]), &RunOptions::default()).unwrap();
     let wide = cases(&dir.join("wide"), 1, [70, 30, 26]);
     (dir.join("run").join(files::LAST), wide[0].clone())
 }
@@ -278,25 +279,7 @@ fn predict_covers_the_whole_brain_and_a_centre_window_says_what_it_drops() {
 #[test]
 fn a_patch_larger_than_every_training_volume_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config::from_toml(
-        &format!(
-            r#"
-[data.synthetic]
-train_cases = 2
-test_cases = 1
-shape = [30, 26, 25]
-[protocol]
-patch = [24, 32, 24]
-[model]
-channels = 8
-[run]
-dir = "{}"
-"#,
-            dir.path().join("run").display()
-        ),
-        "test",
-    )
-    .unwrap();
+    let cfg = synthetic_config(&dir.path().join("run"), [24, 32, 24]);
     let e = format!("{:#}", train(&cfg, &RunOptions::default()).unwrap_err());
     assert!(e.contains("axis 1 (y)") && e.contains("Brats18_SYN_"), "{e}");
     assert!(!dir.path().join("run").join(files::LAST).exists());
