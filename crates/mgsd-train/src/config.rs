@@ -6,7 +6,7 @@
 //! default (`mgsd-train` without arguments) is `configs/demo.toml`, compiled in.
 //!
 //! Presets: `configs/mgsd-brats2018.toml` (MGSD/ACN protocol), `configs/rfnet-brats2018.toml`
-//! (RFNet protocol and split lists), `configs/demo.toml` (synthetic cases, ~3 min on 2 AVX-512 cores).
+//! (RFNet protocol and split lists), `configs/demo.toml` (synthetic cases, at most 8 min of training on 2 cores).
 
 use anyhow::{bail, Context, Result};
 use mgsd_io::ModalitySet;

@@ -1,7 +1,7 @@
 //! `mgsd-train`: train MGSD, evaluate the 15-subset table, segment new patients.
 //!
 //! Without arguments it runs the embedded default (`configs/demo.toml`): synthetic BraTS-like
-//! cases, a bounded training budget (~3 min on 2 AVX-512 CPU cores with `--release`), and the Dice table
+//! cases, a bounded training budget (at most 8 min on 2 CPU cores with `--release`), and the Dice table
 //! of all 15 modality subsets on held-out cases.
 
 use anyhow::{bail, Context, Result};
@@ -25,7 +25,7 @@ use std::time::Instant;
 #[command(
     name = "mgsd-train",
     version,
-    about = "MGSD brain-tumour segmentation with missing MRI modalities: train, evaluate, predict.\n\nWithout a subcommand: the embedded demo (synthetic cases, ~3 minutes on 2 CPU cores with AVX-512)."
+    about = "MGSD brain-tumour segmentation with missing MRI modalities: train, evaluate, predict.\n\nWithout a subcommand: the embedded demo (synthetic cases, at most 8 minutes of training on 2 CPU cores)."
 )]
 struct Cli {
     /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
