@@ -1,8 +1,8 @@
 //! `mgsd-train`: train MGSD, evaluate the 15-subset table, segment new patients.
 //!
 //! Without arguments it runs the embedded default (`configs/demo.toml`): synthetic BraTS-like
-//! cases, a bounded training budget (at most 8 min on 2 CPU cores with `--release`), and the Dice table
-//! of all 15 modality subsets on held-out cases.
+//! cases, a bounded training budget (at most 8 min on 2 CPU cores with `--release`), and the
+//! Dice table of all 15 modality subsets on held-out test cases.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
