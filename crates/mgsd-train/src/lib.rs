@@ -9,7 +9,8 @@
 //! * [`train`] — the training loop, run directory, exact resume, fault handling.
 //! * [`infer`] — whole-image and sliding-window inference (Gaussian blending, mirror TTA).
 //! * [`protocol`] — the inference protocol of `eval`/`predict`/validation: checkpoint + flags.
-//! * [`metrics`] — Dice and HD95 per BraTS region with the BraTS 2018–2021 conventions.
+//! * [`metrics`] — the `mgsd-metrics` crate (Dice/HD95 with the BraTS 2018–2021 conventions,
+//!   the official BraTS 2023+ lesion-wise metrics, statistics), re-exported.
 //! * [`eval`] — the 15 × 3 Dice/HD95 table (Markdown, CSV, JSON, per case).
 //! * [`predict`] — segmenting a patient with any subset of modalities into its original space.
 //! * [`plot`] — training curves and segmentation previews as PNG.
@@ -20,10 +21,11 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod infer;
-pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod protocol;
 pub mod train;
+
+pub use mgsd_metrics as metrics;

@@ -1,6 +1,6 @@
 //! Dice and HD95 against medpy/scipy on the fixtures of `fixtures/gen_metrics.py`.
 
-use mgsd_train::metrics::{medpy_hd95, score_case, PostProcess};
+use mgsd_metrics::{medpy_hd95, score_case, PostProcess};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -64,7 +64,7 @@ fn mask_cases_match_medpy_hd95() {
         let got = medpy_hd95(&a, &b, shape, spacing).unwrap();
         let want = c["hd95"].as_f64().unwrap();
         assert!(close(got, want), "mask case {i}: {got} vs {want}");
-        let d = mgsd_train::metrics::dice(&a, &b);
+        let d = mgsd_metrics::dice(&a, &b);
         assert!(close(d, c["dice"].as_f64().unwrap()));
     }
 }

@@ -1,111 +1,31 @@
-//! Dice and HD95 per BraTS region (WT/TC/ET) with the BraTS 2018–2021 conventions
-//! (MGSD-SPEC §7).
+//! Surface distances: the borders of two masks and the distances between them, from which
+//! HD95 and the normalised surface Dice (NSD) are reductions.
 //!
-//! * Dice = 2|P∩T| / (|P| + |T|).
-//! * HD95 reproduces medpy's `metric.binary.hd95` (connectivity 1): the border of a mask is the
-//!   mask minus its erosion by the 6-connected structure (voxels outside the image count as
-//!   background, as in `scipy.ndimage.binary_erosion`); the distances from every border voxel of
-//!   one mask to the nearest border voxel of the other, in mm with the voxel spacing, are pooled
-//!   over both directions; HD95 is their 95th percentile with numpy's linear interpolation.
-//!   Distances come from an exact Euclidean distance transform (Felzenszwalb–Huttenlocher,
+//! * The border of a mask is the mask minus its erosion by the 6-connected structure, voxels
+//!   outside the image counting as background (`scipy.ndimage.binary_erosion` with
+//!   `border_value=0`, as medpy and panoptica use it).
+//! * Distances come from an exact Euclidean distance transform (Felzenszwalb–Huttenlocher,
 //!   separable, anisotropic spacing) in f64, computed on the bounding box of the two borders
 //!   only (exact: the nearest border voxel always lies inside it).
-//! * Both masks empty → Dice 1, HD95 0; exactly one empty → Dice 0, HD95 [`EMPTY_HD95_MM`].
-//! * The RFNet family's "ET < 500 voxels → 0" post-processing is [`PostProcess::min_et`]: a
-//!   prediction with fewer ET voxels scores an empty ET region (WT and TC unchanged).
+//! * [`percentile`] is numpy's `percentile` with linear interpolation.
 //!
-//! Checked against medpy on fixtures written by `fixtures/gen_metrics.py`.
+//! Masks are C-contiguous over `shape` (mgsd-io's axis order); `spacing` is in mm per axis.
 
-use mgsd_io::Region;
 use rayon::prelude::*;
 
-/// HD95 (mm) when exactly one of prediction and truth is empty: the BraTS 2018–2021 value
-/// (the diagonal of a 240 × 240 × 155 mm volume).
-pub const EMPTY_HD95_MM: f64 = 373.12866;
-
-/// The literature's ET threshold for the RFNet-family post-processing.
-pub const RFNET_MIN_ET_VOXELS: usize = 500;
-
-/// Dice and HD95 of one region of one case.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RegionScore {
-    /// Dice in [0, 1].
-    pub dice: f64,
-    /// 95th-percentile Hausdorff distance in mm.
-    pub hd95: f64,
-}
-
-/// Scores of the three regions, in [`Region::ALL`] order (WT, TC, ET).
-pub type CaseScores = [RegionScore; 3];
-
-/// Post-processing applied to a predicted label map before scoring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct PostProcess {
-    /// If set, a prediction with fewer ET voxels than this scores an empty ET region
-    /// (RFNet/mmFormer: 500).
-    pub min_et: Option<usize>,
-}
-
-impl PostProcess {
-    /// No post-processing (the MGSD/ACN protocol).
-    pub const NONE: PostProcess = PostProcess { min_et: None };
-    /// The RFNet family's "ET < 500 voxels → 0".
-    pub const RFNET: PostProcess = PostProcess { min_et: Some(RFNET_MIN_ET_VOXELS) };
-
-    /// Applies the post-processing to a canonical label map: with too few ET voxels, label 4
-    /// becomes 1 (the voxels stay in the tumour core, as the regions are nested), which is what
-    /// [`score_case`] scores.
-    pub fn apply(self, labels: &mut [u8]) {
-        if let Some(min) = self.min_et {
-            let et = labels.iter().filter(|&&l| Region::ET.contains(l)).count();
-            if et < min {
-                for l in labels.iter_mut().filter(|l| Region::ET.contains(**l)) {
-                    *l = mgsd_io::labels::NCR_NET;
-                }
-            }
-        }
-    }
-}
-
-/// Dice of two masks with the BraTS convention (both empty → 1).
+/// For every border voxel of `a`, the distance (mm) to the nearest border voxel of `b`, and
+/// the same from `b` to `a`; `None` if either mask is empty.
 ///
 /// # Panics
-/// If the masks differ in length (a programming error, not user input).
-pub fn dice(pred: &[bool], truth: &[bool]) -> f64 {
-    assert_eq!(pred.len(), truth.len(), "dice: masks differ in length");
-    let (mut p, mut t, mut both) = (0usize, 0usize, 0usize);
-    for (&a, &b) in pred.iter().zip(truth) {
-        p += a as usize;
-        t += b as usize;
-        both += (a && b) as usize;
-    }
-    if p + t == 0 {
-        1.0
-    } else {
-        2.0 * both as f64 / (p + t) as f64
-    }
-}
-
-/// HD95 with the BraTS conventions: both empty → 0, exactly one empty → [`EMPTY_HD95_MM`],
-/// else [`medpy_hd95`].
-pub fn hd95(pred: &[bool], truth: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> f64 {
-    let p = pred.iter().any(|&v| v);
-    let t = truth.iter().any(|&v| v);
-    match (p, t) {
-        (false, false) => 0.0,
-        (true, false) | (false, true) => EMPTY_HD95_MM,
-        (true, true) => medpy_hd95(pred, truth, shape, spacing).unwrap_or(EMPTY_HD95_MM),
-    }
-}
-
-/// medpy's `hd95(result, reference, voxelspacing, connectivity=1)`; `None` if either mask is
-/// empty (medpy raises).
-///
-/// # Panics
-/// If a mask's length is not the product of `shape`.
-pub fn medpy_hd95(a: &[bool], b: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Option<f64> {
+/// If a mask's length is not the product of `shape` (a programming error).
+pub fn surface_distances(
+    a: &[bool],
+    b: &[bool],
+    shape: [usize; 3],
+    spacing: [f64; 3],
+) -> Option<(Vec<f64>, Vec<f64>)> {
     let n: usize = shape.iter().product();
-    assert!(a.len() == n && b.len() == n, "medpy_hd95: masks do not match shape {shape:?}");
+    assert!(a.len() == n && b.len() == n, "surface_distances: masks do not match {shape:?}");
     let (bord_a, bord_b) = rayon::join(|| border(a, shape), || border(b, shape));
     // Restrict to the bounding box of both borders: every query and every feature lies inside.
     let (lo, hi) = bounding_box(&bord_a, &bord_b, shape)?;
@@ -123,18 +43,38 @@ pub fn medpy_hd95(a: &[bool], b: &[bool], shape: [usize; 3], spacing: [f64; 3]) 
     let (ca, cb) = (crop(&bord_a), crop(&bord_b));
     let (dt_b, dt_a) =
         rayon::join(|| squared_edt(&cb, sub, spacing), || squared_edt(&ca, sub, spacing));
-    let mut d: Vec<f64> = ca
-        .iter()
-        .zip(&dt_b)
-        .filter(|(&m, _)| m)
-        .map(|(_, &d2)| d2.sqrt())
-        .chain(cb.iter().zip(&dt_a).filter(|(&m, _)| m).map(|(_, &d2)| d2.sqrt()))
-        .collect();
-    Some(percentile(&mut d, 95.0))
+    let pick = |m: &[bool], dt: &[f64]| -> Vec<f64> {
+        m.iter().zip(dt).filter(|(&m, _)| m).map(|(_, &d2)| d2.sqrt()).collect()
+    };
+    Some((pick(&ca, &dt_b), pick(&cb, &dt_a)))
+}
+
+/// The 95th percentile of the pooled distances of both directions (medpy's and panoptica's
+/// HD95).
+pub fn hd95_of(a_to_b: &[f64], b_to_a: &[f64]) -> f64 {
+    let mut d: Vec<f64> = a_to_b.iter().chain(b_to_a).copied().collect();
+    percentile(&mut d, 95.0)
+}
+
+/// Normalised surface Dice at tolerance `tau` (mm), with panoptica's formula:
+/// `(tp_a + tp_b) / (tp_a + tp_b + fp + fn + f64::MIN_POSITIVE)` where `tp_a` is the fraction
+/// of `a`'s border within `tau` of `b`'s, `fp` the fraction beyond, and so on for `b`.
+pub fn nsd_of(a_to_b: &[f64], b_to_a: &[f64], tau: f64) -> f64 {
+    let (na, nb) = (a_to_b.len() as f64, b_to_a.len() as f64);
+    let within = |d: &[f64]| d.iter().filter(|&&x| x <= tau).count() as f64;
+    let (wa, wb) = (within(a_to_b), within(b_to_a));
+    let tp_a = wa / na;
+    let tp_b = wb / nb;
+    let fp = (na - wa) / na;
+    let fn_ = (nb - wb) / nb;
+    (tp_a + tp_b) / (tp_a + tp_b + fp + fn_ + f64::MIN_POSITIVE)
 }
 
 /// numpy's `percentile(x, q)` with linear interpolation. `x` is reordered.
-fn percentile(x: &mut [f64], q: f64) -> f64 {
+///
+/// # Panics
+/// If `x` is empty.
+pub fn percentile(x: &mut [f64], q: f64) -> f64 {
     x.sort_unstable_by(f64::total_cmp);
     let pos = q / 100.0 * (x.len() - 1) as f64;
     let lo = pos.floor() as usize;
@@ -312,35 +252,6 @@ fn dt_1d(f: &[f64], w: f64, d: &mut [f64], v: &mut [usize], z: &mut [f64]) {
     }
 }
 
-/// Dice and HD95 of WT, TC and ET for one case, from canonical label maps (0/1/2/4) on a grid
-/// of `shape` with `spacing` (mm), after `post` is applied to the prediction. The three regions
-/// are scored in parallel.
-///
-/// # Panics
-/// If the label maps do not both have one value per voxel of `shape`.
-pub fn score_case(
-    pred: &[u8],
-    truth: &[u8],
-    shape: [usize; 3],
-    spacing: [f64; 3],
-    post: PostProcess,
-) -> CaseScores {
-    let n: usize = shape.iter().product();
-    assert!(pred.len() == n && truth.len() == n, "score_case: label maps do not match {shape:?}");
-    let et_count = pred.iter().filter(|&&l| Region::ET.contains(l)).count();
-    let drop_et = post.min_et.is_some_and(|m| et_count < m);
-    let scores: Vec<RegionScore> = Region::ALL
-        .par_iter()
-        .map(|&r| {
-            let p: Vec<bool> =
-                if r == Region::ET && drop_et { vec![false; n] } else { r.mask(pred) };
-            let t = r.mask(truth);
-            RegionScore { dice: dice(&p, &t), hd95: hd95(&p, &t, shape, spacing) }
-        })
-        .collect();
-    [scores[0], scores[1], scores[2]]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,32 +296,17 @@ mod tests {
     }
 
     #[test]
-    fn conventions() {
-        let shape = [4, 4, 4];
-        let none = vec![0u8; 64];
-        let s = score_case(&none, &none, shape, [1.0; 3], PostProcess::NONE);
-        assert!(s.iter().all(|r| r.dice == 1.0 && r.hd95 == 0.0));
-        let mut one = none.clone();
-        one[21] = 4;
-        let s = score_case(&one, &none, shape, [1.0; 3], PostProcess::NONE);
-        assert!(s.iter().all(|r| r.dice == 0.0 && r.hd95 == EMPTY_HD95_MM));
-        let s = score_case(&one, &one, shape, [1.0; 3], PostProcess::NONE);
-        assert!(s.iter().all(|r| r.dice == 1.0 && r.hd95 == 0.0));
-        // Post-processing drops the single ET voxel but keeps it in WT/TC.
-        let s = score_case(&one, &one, shape, [1.0; 3], PostProcess { min_et: Some(2) });
-        assert_eq!(s[2], RegionScore { dice: 0.0, hd95: EMPTY_HD95_MM });
-        assert_eq!(s[0].dice, 1.0);
-        let mut l = one.clone();
-        PostProcess { min_et: Some(2) }.apply(&mut l);
-        assert_eq!(l[21], 1);
-    }
-
-    #[test]
     fn percentile_matches_numpy() {
         // numpy.percentile([1, 2, 3, 4, 10], 95) == 8.8
         let mut x = vec![10.0, 2.0, 1.0, 4.0, 3.0];
         assert!((percentile(&mut x, 95.0) - 8.8).abs() < 1e-12);
         let mut x = vec![5.0];
         assert_eq!(percentile(&mut x, 95.0), 5.0);
+    }
+
+    #[test]
+    fn nsd_of_identical_surfaces_is_one() {
+        assert!((nsd_of(&[0.0, 0.0], &[0.0], 1.0) - 1.0).abs() < 1e-15);
+        assert_eq!(nsd_of(&[5.0], &[5.0], 1.0), 0.0);
     }
 }
