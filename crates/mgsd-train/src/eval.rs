@@ -36,6 +36,8 @@ pub struct EvalSettings {
     pub description: String,
     /// The post-processed variant's threshold (`None`: the variant equals the plain scores).
     pub min_et: Option<usize>,
+    /// Also compute the official BraTS 2023+ metrics (`eval --metrics brats2023|all`).
+    pub official: bool,
     /// Subsets to evaluate (default: all 15).
     pub subsets: Vec<ModalitySet>,
     /// Show a progress bar.
@@ -51,6 +53,7 @@ impl EvalSettings {
             inference: crate::protocol::inference(p),
             description: crate::protocol::describe(p),
             min_et: p.min_et().or(Some(crate::metrics::RFNET_MIN_ET_VOXELS)),
+            official: false,
             subsets: ModalitySet::all_nonempty().to_vec(),
             progress,
         }
@@ -94,6 +97,9 @@ pub struct CaseResult {
     pub scores: CaseScores,
     /// ET with "ET < N → 0".
     pub et_post: RegionScore,
+    /// The official BraTS 2023+ metrics of WT, TC, ET, if asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub official: Option<[mgsd_metrics::LesionwiseScore; 3]>,
 }
 
 /// Case-averaged scores of one subset.
@@ -321,7 +327,8 @@ impl EvalReport {
         s
     }
 
-    /// Writes `<stem>.md`, `<stem>.csv`, `<stem>.json` and `<stem>-cases.csv` into `dir`.
+    /// Writes `<stem>.md`, `<stem>.csv`, `<stem>.json`, `<stem>-cases.csv` and the Dice heatmap
+    /// `<stem>.png` into `dir`, and `<stem>-brats2023.md`/`.csv` with the official metrics.
     ///
     /// # Errors
     /// I/O errors naming the file.
@@ -337,7 +344,15 @@ impl EvalReport {
             let p = dir.join(name);
             std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
         }
-        Ok(())
+        if let Some((md, csv)) = crate::eval_tables::official_tables(self) {
+            for (p, text) in
+                [(format!("{stem}-brats2023.md"), md), (format!("{stem}-brats2023.csv"), csv)]
+            {
+                let p = dir.join(p);
+                std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+            }
+        }
+        crate::eval_tables::dice_heatmap(self).save_png(&dir.join(format!("{stem}.png")))
     }
 }
 
@@ -405,11 +420,16 @@ pub fn evaluate(
                 }
                 _ => scores[2],
             };
+            let official = settings
+                .official
+                .then(|| mgsd_metrics::lesionwise::score_case(&full, truth, grid.shape, spacing))
+                .transpose()?;
             per_case.push(CaseResult {
                 case: files.id.clone(),
                 subset: subset.to_string(),
                 scores,
                 et_post,
+                official,
             });
             bar.inc(1);
         }

@@ -14,18 +14,26 @@
 //! * [`eval`] — the 15 × 3 Dice/HD95 table (Markdown, CSV, JSON, per case).
 //! * [`predict`] — segmenting a patient with any subset of modalities into its original space.
 //! * [`plot`] — training curves and segmentation previews as PNG.
+//! * [`score`] — the official BraTS 2023+ and legacy metrics of any folder of predictions.
+//! * [`compare`] — paired statistics between two evaluations.
+//! * [`heatmap`] — the 15 × 3 table as a heatmap PNG.
+//! * [`eval_tables`] — the Dice heatmap and the official metrics per subset of an evaluation.
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod eval_tables;
+pub mod heatmap;
 pub mod infer;
 pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod protocol;
+pub mod score;
 pub mod train;
 
 pub use mgsd_metrics as metrics;

@@ -15,6 +15,7 @@ use mgsd_train::eval::{evaluate, EvalSettings, Provenance};
 use mgsd_train::model::unet_from_checkpoint;
 use mgsd_train::predict::{predict, PredictOptions};
 use mgsd_train::protocol::{self, ProtocolArgs};
+use mgsd_train::score::{score, LabelsArg, MetricSet, ScoreOptions};
 use mgsd_train::train::{files, train, RunOptions, StopReason};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,6 +88,9 @@ enum Command {
         /// Protocol overrides (default: the checkpoint's protocol, whose window it keeps).
         #[command(flatten)]
         protocol: ProtocolArgs,
+        /// Metrics: legacy (Dice/HD95), or also the official BraTS 2023+ ones (brats2023, all).
+        #[arg(long, value_enum, default_value = "legacy")]
+        metrics: MetricSet,
     },
     /// Segment one patient with whatever modalities it has.
     Predict {
@@ -112,6 +116,39 @@ enum Command {
         /// windows over the whole brain).
         #[command(flatten)]
         protocol: ProtocolArgs,
+    },
+    /// Score a folder of predictions against references: the official BraTS 2023+ lesion-wise
+    /// metrics and/or the BraTS 2018–2021 ones (CSV with the official column names).
+    Score {
+        /// Folder of predictions (`<ID>.nii.gz`, or any name ending with the id).
+        #[arg(long)]
+        pred: PathBuf,
+        /// Folder of references (`<ID>-seg.nii.gz`, `<ID>_seg.nii.gz`, or case folders).
+        #[arg(long)]
+        truth: PathBuf,
+        /// Label scheme of references and predictions.
+        #[arg(long, value_enum, default_value = "auto")]
+        labels: LabelsArg,
+        /// Which metrics.
+        #[arg(long, value_enum, default_value = "brats2023")]
+        metrics: MetricSet,
+        /// Output CSV (one row per case, then mean, std, median).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Compare two evaluations (eval.json of A and B): mean difference, bootstrap CI, paired
+    /// Wilcoxon and Holm over the 15 subsets × 3 regions.
+    Compare {
+        /// eval.json of method A.
+        a: PathBuf,
+        /// eval.json of method B.
+        b: PathBuf,
+        /// Per-case metric compared.
+        #[arg(long, value_enum, default_value = "dice")]
+        metric: mgsd_train::compare::CompareMetric,
+        /// Output folder for compare.md, compare.csv and compare.png.
+        #[arg(long, default_value = "compare")]
+        out: PathBuf,
     },
 }
 
@@ -207,7 +244,17 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Some(Command::Eval { checkpoint, data, split, fold, part, out, subset, protocol }) => {
+        Some(Command::Eval {
+            checkpoint,
+            data,
+            split,
+            fold,
+            part,
+            out,
+            subset,
+            protocol,
+            metrics,
+        }) => {
             let device = open_device(parse_device(cli.device.as_deref().unwrap_or("cpu"))?)?;
             set_precision(cli.precision.unwrap_or_default(), &device)?;
             let ckpt = checkpoint::load(&checkpoint, &device)?;
@@ -254,6 +301,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|s| s.parse::<ModalitySet>().map_err(anyhow::Error::msg))
                     .collect::<Result<_>>()?;
             }
+            settings.official = metrics != MetricSet::Legacy;
             let t = Instant::now();
             let store = CaseStore::new(false, None);
             let mut report = evaluate(&unet, &cases, &store, &settings, &device)?;
@@ -320,6 +368,27 @@ fn run(cli: Cli) -> Result<()> {
             for w in &s.written {
                 println!("wrote {}", w.display());
             }
+            Ok(())
+        }
+        Some(Command::Score { pred, truth, labels, metrics, out }) => {
+            let t = Instant::now();
+            let report = score(&ScoreOptions { pred, truth, labels, metrics, progress })?;
+            std::fs::write(&out, report.csv())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", report.markdown());
+            println!(
+                "{} cases in {:.1}s; written to {}",
+                report.rows.len(),
+                t.elapsed().as_secs_f64(),
+                out.display()
+            );
+            Ok(())
+        }
+        Some(Command::Compare { a, b, metric, out }) => {
+            let c = mgsd_train::compare::compare(&a, &b, metric)?;
+            c.write(&out)?;
+            println!("{}", c.markdown());
+            println!("written to {}", out.display());
             Ok(())
         }
     }
