@@ -107,11 +107,48 @@ pub fn score_case(
             return Err(Error::Shape { what, shape, actual: l.len() });
         }
     }
+    // Every region lies inside the bounding box of the tumour (label > 0) of either map, and
+    // voxels outside it are background: scoring the box alone gives the same numbers.
+    let (lo, hi) = tumour_box(pred, truth, shape);
+    let sub = [0, 1, 2].map(|a| hi[a] - lo[a]);
+    let crop = |l: &[u8]| -> Vec<u8> {
+        let mut out = Vec::with_capacity(sub.iter().product());
+        for i in lo[0]..hi[0] {
+            for j in lo[1]..hi[1] {
+                let row = (i * shape[1] + j) * shape[2];
+                out.extend_from_slice(&l[row + lo[2]..row + hi[2]]);
+            }
+        }
+        out
+    };
+    let (p, t) = (crop(pred), crop(truth));
     let v: Vec<LesionwiseScore> = Region::ALL
         .par_iter()
-        .map(|&r| score_region(&r.mask(pred), &r.mask(truth), shape, spacing))
+        .map(|&r| score_region(&r.mask(&p), &r.mask(&t), sub, spacing))
         .collect();
     Ok([v[0], v[1], v[2]])
+}
+
+/// `[lo, hi)` box of every non-zero label of `a` and `b`; the voxel at the origin if none.
+fn tumour_box(a: &[u8], b: &[u8], shape: [usize; 3]) -> Box3 {
+    let (mut lo, mut hi) = (shape, [0usize; 3]);
+    for i in 0..shape[0] {
+        for j in 0..shape[1] {
+            let row = (i * shape[1] + j) * shape[2];
+            let (ra, rb) = (&a[row..row + shape[2]], &b[row..row + shape[2]]);
+            let first = ra.iter().zip(rb).position(|(&x, &y)| x | y != 0);
+            if let Some(k0) = first {
+                let k1 =
+                    shape[2] - ra.iter().zip(rb).rev().position(|(&x, &y)| x | y != 0).unwrap_or(0);
+                lo = [lo[0].min(i), lo[1].min(j), lo[2].min(k0)];
+                hi = [hi[0].max(i + 1), hi[1].max(j + 1), hi[2].max(k1)];
+            }
+        }
+    }
+    if hi[0] == 0 {
+        return ([0; 3], shape.map(|d| d.min(1)));
+    }
+    (lo, hi)
 }
 
 /// The official metrics of one binary region (see the module docs).

@@ -72,3 +72,40 @@ pub fn official_tables(report: &EvalReport) -> Option<(String, String)> {
     }
     Some((md, csv))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::CaseResult;
+    use mgsd_io::ModalitySet;
+    use mgsd_metrics::{lesionwise, RegionScore};
+
+    #[test]
+    fn official_tables_and_heatmap_of_a_report() {
+        let shape = [6, 6, 6];
+        let mut truth = vec![0u8; 216];
+        truth[50..54].fill(4);
+        let official = lesionwise::score_case(&truth, &truth, shape, [1.0; 3]).ok();
+        let subsets = ModalitySet::all_nonempty();
+        let per_case = subsets
+            .iter()
+            .map(|s| CaseResult {
+                case: "c1".into(),
+                subset: s.to_string(),
+                scores: [RegionScore { dice: 1.0, hd95: 0.0 }; 3],
+                et_post: RegionScore { dice: 1.0, hd95: 0.0 },
+                official,
+            })
+            .collect();
+        let report = EvalReport::from_cases(per_case, &subsets, None, "test".into());
+        let (md, csv) = official_tables(&report).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 45);
+        assert!(md.contains("| FLAIR | ET | 1.0000 | 0.00 | 1.0000 | 0.00 | 1 | 0 | 0 |"), "{md}");
+        let dir = tempfile::tempdir().unwrap();
+        report.write(dir.path(), "eval").unwrap();
+        for f in ["eval.png", "eval-brats2023.md", "eval-brats2023.csv", "eval.json"] {
+            assert!(dir.path().join(f).exists(), "{f}");
+        }
+        assert_eq!(dice_heatmap(&report).height, 64 + 26 * 15 + 20);
+    }
+}
