@@ -41,12 +41,12 @@ pub fn surface_distances(
         out
     };
     let (ca, cb) = (crop(&bord_a), crop(&bord_b));
-    let (dt_b, dt_a) =
-        rayon::join(|| squared_edt(&cb, sub, spacing), || squared_edt(&ca, sub, spacing));
-    let pick = |m: &[bool], dt: &[f64]| -> Vec<f64> {
-        m.iter().zip(dt).filter(|(&m, _)| m).map(|(_, &d2)| d2.sqrt()).collect()
-    };
-    Some((pick(&ca, &dt_b), pick(&cb, &dt_a)))
+    let (a_to_b, b_to_a) = rayon::join(
+        || squared_edt_at(&cb, &ca, sub, spacing),
+        || squared_edt_at(&ca, &cb, sub, spacing),
+    );
+    let root = |v: Vec<f64>| -> Vec<f64> { v.into_iter().map(f64::sqrt).collect() };
+    Some((root(a_to_b), root(b_to_a)))
 }
 
 /// The 95th percentile of the pooled distances of both directions (medpy's and panoptica's
@@ -196,6 +196,91 @@ pub fn squared_edt(feature: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Ve
     d
 }
 
+/// [`squared_edt`] read only at the `query` voxels (in memory order): the same values, but the
+/// second and third passes run only on the lines that lead to a query voxel, which is what
+/// surface distances need (a few borders in a large box).
+///
+/// # Panics
+/// If `feature` or `query` does not have one value per voxel of `shape`.
+pub fn squared_edt_at(
+    feature: &[bool],
+    query: &[bool],
+    shape: [usize; 3],
+    spacing: [f64; 3],
+) -> Vec<f64> {
+    let [n0, n1, n2] = shape;
+    let plane = n1 * n2;
+    assert!(feature.len() == n0 * plane && query.len() == feature.len(), "squared_edt_at: shape");
+    let mut d: Vec<f64> = feature.iter().map(|&f| if f { 0.0 } else { f64::INFINITY }).collect();
+    if d.is_empty() {
+        return Vec::new();
+    }
+    // Which (j, k) lines along axis 0 and which k columns hold a query voxel.
+    let mut line_needed = vec![false; plane];
+    for (idx, _) in query.iter().enumerate().filter(|(_, &q)| q) {
+        line_needed[idx % plane] = true;
+    }
+    let mut col_needed = vec![false; n2];
+    for (jk, _) in line_needed.iter().enumerate().filter(|(_, &x)| x) {
+        col_needed[jk % n2] = true;
+    }
+    let cols: Vec<usize> = (0..n2).filter(|&k| col_needed[k]).collect();
+    // Axis 2: lines with a feature only (the others stay infinite).
+    d.par_chunks_mut(n2).zip(feature.par_chunks(n2)).for_each_init(
+        || Scratch::new(n2),
+        |s, (line, f)| {
+            if f.iter().any(|&x| x) {
+                s.f[..n2].copy_from_slice(line);
+                dt_1d(&s.f[..n2], spacing[2], line, &mut s.v, &mut s.z);
+            }
+        },
+    );
+    // Axis 1: planes with a feature, columns with a query.
+    d.par_chunks_mut(plane).zip(feature.par_chunks(plane)).for_each_init(
+        || Scratch::new(n1),
+        |s, (pl, f)| {
+            if !f.iter().any(|&x| x) {
+                return;
+            }
+            for &k in &cols {
+                for j in 0..n1 {
+                    s.f[j] = pl[j * n2 + k];
+                }
+                dt_1d(&s.f[..n1], spacing[1], &mut s.out[..n1], &mut s.v, &mut s.z);
+                for j in 0..n1 {
+                    pl[j * n2 + k] = s.out[j];
+                }
+            }
+        },
+    );
+    // Axis 0: lines with a query; the results at their query voxels.
+    let lines: Vec<usize> = (0..plane).filter(|&jk| line_needed[jk]).collect();
+    let mut at: Vec<(usize, f64)> = lines
+        .par_iter()
+        .fold(
+            || (Scratch::new(n0), Vec::new()),
+            |(mut s, mut acc), &jk| {
+                for i in 0..n0 {
+                    s.f[i] = d[i * plane + jk];
+                }
+                dt_1d(&s.f[..n0], spacing[0], &mut s.out[..n0], &mut s.v, &mut s.z);
+                for i in 0..n0 {
+                    if query[i * plane + jk] {
+                        acc.push((i * plane + jk, s.out[i]));
+                    }
+                }
+                (s, acc)
+            },
+        )
+        .map(|(_, acc)| acc)
+        .reduce(Vec::new, |mut a, mut b| {
+            a.append(&mut b);
+            a
+        });
+    at.sort_unstable_by_key(|&(idx, _)| idx);
+    at.into_iter().map(|(_, v)| v).collect()
+}
+
 struct Scratch {
     f: Vec<f64>,
     out: Vec<f64>,
@@ -291,6 +376,31 @@ mod tests {
             let slow = brute_edt(&feature, shape, sp);
             for (a, b) in fast.iter().zip(&slow) {
                 assert!((a - b).abs() <= 1e-9 * b.max(1.0) || (a.is_infinite() && b.is_infinite()));
+            }
+        }
+    }
+
+    #[test]
+    fn edt_at_queries_equals_the_full_transform() {
+        let shape = [9, 7, 11];
+        let sp = [0.9, 1.0, 2.0];
+        let mut state = 5u64;
+        let mut draw = |pct: u64| -> Vec<bool> {
+            (0..shape.iter().product::<usize>())
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (state >> 33) % 100 < pct
+                })
+                .collect()
+        };
+        for (fp, qp) in [(1, 10), (10, 3), (40, 40), (0, 5)] {
+            let (f, q) = (draw(fp), draw(qp));
+            let full = squared_edt(&f, shape, sp);
+            let want: Vec<f64> = full.iter().zip(&q).filter(|(_, &q)| q).map(|(&d, _)| d).collect();
+            let got = squared_edt_at(&f, &q, shape, sp);
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(&want) {
+                assert!(a == b || (a - b).abs() <= 1e-12 * b.max(1.0), "{a} vs {b}");
             }
         }
     }
