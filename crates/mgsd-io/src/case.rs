@@ -1,6 +1,7 @@
 //! [`CaseFiles`] (where a case's images are on disk) and [`Case`] (the loaded case).
 
 use crate::error::{Error, Result};
+use crate::grid::{format_affine, Grid};
 use crate::labels::LabelScheme;
 use crate::modality::{Modality, ModalitySet};
 use crate::nifti;
@@ -90,7 +91,12 @@ impl CaseFiles {
         Ok(Case { id: self.id.clone(), images, label })
     }
 
-    fn load_images(&self) -> Result<BTreeMap<Modality, Volume>> {
+    /// Reads every image, without the label and without requiring one grid (for callers that
+    /// resample the images onto one grid themselves; [`CaseFiles::load`] checks the grids).
+    ///
+    /// # Errors
+    /// Unreadable files (naming them); a 4-D file with the wrong number of volumes.
+    pub fn load_images(&self) -> Result<BTreeMap<Modality, Volume>> {
         match &self.images {
             ImageSource::PerModality(files) => {
                 use rayon::prelude::*;
@@ -115,7 +121,8 @@ impl CaseFiles {
         }
     }
 
-    fn file_of(&self, m: Modality) -> &Path {
+    /// The file holding modality `m` (for a stacked 4-D image, that file); `?` if none.
+    pub fn file_of(&self, m: Modality) -> &Path {
         match &self.images {
             ImageSource::PerModality(files) => {
                 files.get(&m).map_or(Path::new("?"), PathBuf::as_path)
@@ -141,10 +148,13 @@ impl CaseFiles {
     }
 
     fn grid_mismatch(&self, a: (&str, &Path, &Volume), b: (&str, &Path, &Volume)) -> Error {
-        Error::case(
-            &self.id,
-            format!(
-                "{} ({}) and {} ({}) lie on different grids: shape {:?} vs {:?}, spacing {:?} vs {:?}",
+        let (ga, gb) = (Grid::of(a.2), Grid::of(b.2));
+        let max_corner_mm = ga.max_corner_displacement(&gb);
+        Error::GridMismatch {
+            case: self.id.clone(),
+            message: format!(
+                "{} ({}) and {} ({}) lie on different grids: shape {:?} vs {:?}, spacing {:?} vs {:?}, \
+                 affine {} vs {}; their corners are up to {:.2} mm apart",
                 a.0,
                 a.1.display(),
                 b.0,
@@ -152,9 +162,13 @@ impl CaseFiles {
                 a.2.shape,
                 b.2.shape,
                 a.2.spacing,
-                b.2.spacing
+                b.2.spacing,
+                format_affine(&a.2.affine),
+                format_affine(&b.2.affine),
+                max_corner_mm
             ),
-        )
+            max_corner_mm,
+        }
     }
 }
 

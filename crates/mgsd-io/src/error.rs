@@ -37,6 +37,16 @@ pub enum Error {
         /// What is wrong, naming the files and modalities involved.
         message: String,
     },
+    /// The images (or the label map) of a case lie on different voxel grids.
+    #[error("case {case}: {message}")]
+    GridMismatch {
+        /// The case identifier.
+        case: String,
+        /// Both files, their shapes, spacings and affines, and how far apart their corners are.
+        message: String,
+        /// The largest distance between corresponding corners of the two grids (mm).
+        max_corner_mm: f64,
+    },
     /// A label map holds a value the chosen label scheme does not define.
     #[error("{context}: label value {value} is not defined by {scheme} ({count} voxels)")]
     UnknownLabel {

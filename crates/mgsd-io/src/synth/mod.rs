@@ -10,12 +10,15 @@
 //! * [`Synthesizer`], [`generate`] — cases in memory, as [`crate::Case`].
 //! * [`write_dataset`], [`write_dataset_as`], [`write_case`] and the per-layout writers —
 //!   folders in the BraTS 2018, 2020, 2021, 2023 and MSD Task01 layouts.
+//! * [`oblique_copy`] — an image re-acquired on a coarser, oblique grid (for cases whose
+//!   modalities do not share a grid).
 
 mod anatomy;
 mod atlas;
 mod config;
 mod contrast;
 mod generator;
+mod oblique;
 mod rng;
 mod tumour;
 mod writer;
@@ -24,6 +27,7 @@ pub use atlas::{load_atlas_volume, resample, SRI24_T1_PATH};
 pub use config::{Anatomy, Grade, SynthConfig, TumourConfig, BRATS_FOV_MM, BRATS_SHAPE};
 pub use contrast::INTENSITY;
 pub use generator::{brats_affine, generate, Synthesizer};
+pub use oblique::oblique_copy;
 pub use writer::{
     case_grade, case_id, case_seed, write_brats2018_case, write_brats2020_case,
     write_brats2023_case, write_case, write_dataset, write_dataset_as, write_msd_case,
