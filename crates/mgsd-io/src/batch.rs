@@ -49,12 +49,14 @@ pub fn discover_batch(dir: &Path) -> Result<Batch> {
                     .extend(found.problems.into_iter().filter(|p| !p.ends_with("no label file")));
                 cases.extend(found.cases);
             }
-            Err(e) if cases.is_empty() => return Err(Error::Layout {
-                path: dir.to_path_buf(),
-                message: format!(
+            Err(e) if cases.is_empty() => {
+                return Err(Error::Layout {
+                    path: dir.to_path_buf(),
+                    message: format!(
                     "no case to segment: no NIfTI file named <id>_<modality>.nii.gz here, and {e}"
                 ),
-            }),
+                })
+            }
             Err(_) => {}
         }
     }
