@@ -14,7 +14,7 @@
 //! f32 or bf16 mixed precision ([`ConvPrecision`], `precision.rs`).
 
 mod avx512;
-pub use avx512::cpu_kernels;
+pub use avx512::{cpu_kernels, cpu_kernels_reason};
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cudnn;

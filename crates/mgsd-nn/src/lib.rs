@@ -35,8 +35,8 @@ pub use basic_block::BasicBlock;
 pub use checkpoint::{load_into_varmap, load_safetensors, read_safetensors};
 pub use conv1d::{conv1d, Conv1d, Conv1dConfig};
 pub use conv3d::{
-    conv3d, conv3d_forward, conv_precision, cpu_kernels, set_conv_precision, Conv3d, Conv3dConfig,
-    ConvPrecision,
+    conv3d, conv3d_forward, conv_precision, cpu_kernels, cpu_kernels_reason, set_conv_precision,
+    Conv3d, Conv3dConfig, ConvPrecision,
 };
 pub use discriminator::StyleDiscriminator;
 pub use dropout::{dropout, Dropout};

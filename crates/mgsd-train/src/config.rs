@@ -728,6 +728,22 @@ pub fn set_precision(precision: ConvPrecision, device: &candle_core::Device) -> 
     Ok(())
 }
 
+/// The facts of the CPU device, for the start-up log: which convolution kernels run and why,
+/// how many threads and why, e.g. `CPU device: AVX-512 convolution kernels (auto-detected: the
+/// CPU has AVX-512F), 2 threads (one per core)`.
+pub fn cpu_startup_line() -> String {
+    let threads = rayon::current_num_threads();
+    let why_threads = match std::env::var("RAYON_NUM_THREADS") {
+        Ok(v) if !v.is_empty() => format!("RAYON_NUM_THREADS={v}"),
+        _ => "one per core".to_string(),
+    };
+    format!(
+        "CPU device: {} convolution kernels ({}), {threads} threads ({why_threads})",
+        mgsd_nn::cpu_kernels(),
+        mgsd_nn::cpu_kernels_reason()
+    )
+}
+
 /// Opens a device. CUDA needs the `cuda` feature; without it the error says how to get it.
 ///
 /// # Errors
@@ -735,11 +751,7 @@ pub fn set_precision(precision: ConvPrecision, device: &candle_core::Device) -> 
 pub fn open_device(spec: DeviceSpec) -> Result<candle_core::Device> {
     match spec {
         DeviceSpec::Cpu => {
-            tracing::info!(
-                kernels = mgsd_nn::cpu_kernels(),
-                threads = rayon::current_num_threads(),
-                "CPU device (env MGSD_CPU_KERNELS=portable, RAYON_NUM_THREADS to change)"
-            );
+            tracing::info!("{}", cpu_startup_line());
             Ok(candle_core::Device::Cpu)
         }
         #[cfg(feature = "cuda")]

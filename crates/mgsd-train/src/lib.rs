@@ -13,13 +13,19 @@
 //!   the official BraTS 2023+ lesion-wise metrics, statistics), re-exported.
 //! * [`eval`] — the 15 × 3 Dice/HD95 table (Markdown, CSV, JSON, per case).
 //! * [`predict`] — segmenting a patient with any subset of modalities into its original space.
-//! * [`plot`] — training curves and segmentation previews as PNG.
+//! * [`plot`] — training curves as PNG (and the canvas the preview draws on).
 //! * [`score`] — the official BraTS 2023+ and legacy metrics of any folder of predictions.
 //! * [`compare`] — paired statistics between two evaluations.
 //! * [`heatmap`] — the 15 × 3 table as a heatmap PNG.
 //! * [`eval_tables`] — the Dice heatmap and the official metrics per subset of an evaluation.
+//! * [`scans`] — real scans before the network: modalities present, NaN voxels, grids.
+//! * [`outputs`] — outputs checked before any work, written under temporary names.
+//! * [`batch`] — `predict` over a folder of patients, with `summary.csv`.
+//! * [`preview`] — the segmentation preview at physical aspect, with a legend.
+//! * [`logging`] — the binary's log set-up (colour on terminals only, `--quiet`).
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod checkpoint;
 pub mod compare;
 pub mod config;
@@ -28,11 +34,15 @@ pub mod eval;
 pub mod eval_tables;
 pub mod heatmap;
 pub mod infer;
+pub mod logging;
 pub mod model;
 pub mod optim;
+pub mod outputs;
 pub mod plot;
 pub mod predict;
+pub mod preview;
 pub mod protocol;
+pub mod scans;
 pub mod score;
 pub mod train;
 

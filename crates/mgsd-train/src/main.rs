@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mgsd_io::{Modality, ModalitySet};
 use mgsd_nn::ConvPrecision;
+use mgsd_train::batch::{is_batch_output, predict_batch, BatchOptions};
 use mgsd_train::checkpoint;
 use mgsd_train::config::{open_device, parse_device, set_precision, Config};
 use mgsd_train::data::{read_manifest, split_with_file, CaseStore};
@@ -15,6 +16,7 @@ use mgsd_train::eval::{evaluate, EvalSettings, Provenance};
 use mgsd_train::model::unet_from_checkpoint;
 use mgsd_train::predict::{predict, PredictOptions};
 use mgsd_train::protocol::{self, ProtocolArgs};
+use mgsd_train::scans::GridOptions;
 use mgsd_train::score::{score, LabelsArg, MetricSet, ScoreOptions};
 use mgsd_train::train::{files, train, RunOptions, StopReason};
 use std::path::{Path, PathBuf};
@@ -36,7 +38,7 @@ struct Cli {
     /// precision. Overrides `[run] precision` of a training config.
     #[arg(long, global = true)]
     precision: Option<ConvPrecision>,
-    /// Hide progress bars.
+    /// Only warnings and errors on stderr (no progress bars, no information lines).
     #[arg(long, global = true)]
     quiet: bool,
     /// Run directory of the embedded demo (default: runs/demo/<timestamp>).
@@ -92,24 +94,41 @@ enum Command {
         #[arg(long, value_enum, default_value = "legacy")]
         metrics: MetricSet,
     },
-    /// Segment one patient with whatever modalities it has.
+    /// Segment one patient, or a folder of patients, with whatever modalities they have.
     Predict {
         /// Checkpoint (.safetensors; ours or a PyTorch state_dict).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// A case folder, or one NIfTI file per modality (repeat --input).
+        /// A case folder, or one NIfTI file per modality (repeat --input); with an output
+        /// folder, a folder of patients (case folders, or loose <id>_<modality>.nii.gz files).
         #[arg(long, required = true, num_args = 1..)]
         input: Vec<PathBuf>,
-        /// Output label map (BraTS labels 0/1/2/4), in the input's grid and space.
+        /// Output label map (BraTS labels 0/1/2/4, `.nii.gz`) on the input's (reference) grid;
+        /// a folder (no `.nii`/`.nii.gz` name) segments every patient of the --input folder
+        /// into <id>.nii.gz files and a summary.csv.
         #[arg(long)]
         output: PathBuf,
+        /// Bring modalities on different grids onto the reference grid (exact for axis
+        /// permutations and flips, trilinear otherwise); labels are written on that grid.
+        #[arg(long)]
+        resample: bool,
+        /// Reference modality for --resample (t1ce, flair, t1 or t2). Default: the present
+        /// modality with the smallest voxels.
+        #[arg(long)]
+        reference: Option<String>,
+        /// Run the network on isotropic voxels of this size in mm (e.g. 1) and map the labels
+        /// back to the reference grid.
+        #[arg(long)]
+        spacing: Option<f64>,
         /// Modality of each input file, in order (e.g. `t1ce,flair`); default: from the file names.
         #[arg(long, value_delimiter = ',')]
         modalities: Option<Vec<String>>,
-        /// Write probability maps (ED, NCR/NET, ET) into this folder.
+        /// Write probability maps (ED, NCR/NET, ET) into this folder (for a folder of
+        /// patients: into <folder>/<id>/).
         #[arg(long)]
         probabilities: Option<PathBuf>,
-        /// Write a PNG preview (three slices with the segmentation overlaid).
+        /// Write a PNG preview (three planes through the tumour, at physical aspect, with a
+        /// legend); for a folder of patients, a folder for <id>.png files.
         #[arg(long)]
         preview: Option<PathBuf>,
         /// Protocol overrides (default: the checkpoint's normalisation and patch, sliding
@@ -188,17 +207,11 @@ mod sigint {
 }
 
 fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    mgsd_train::logging::init(cli.quiet);
     if mgsd_nn::keep_freed_memory() {
         tracing::debug!("malloc keeps freed memory for reuse (mgsd_nn::malloc_policy)");
     }
-    let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -327,6 +340,9 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             input,
             output,
+            resample,
+            reference,
+            spacing,
             modalities,
             probabilities,
             preview,
@@ -341,6 +357,60 @@ fn run(cli: Cli) -> Result<()> {
                         .collect::<Result<Vec<_>>>()
                 })
                 .transpose()?;
+            let reference = reference
+                .map(|s| s.parse::<Modality>().map_err(anyhow::Error::msg))
+                .transpose()
+                .context("--reference")?;
+            let grid = GridOptions { resample, reference, spacing };
+            if is_batch_output(&output) {
+                let [input] = input.as_slice() else {
+                    bail!(
+                        "--output {} is a folder, so --input must be one folder of patients (got {} inputs); \
+                         to segment one patient, give --output a .nii.gz name",
+                        output.display(),
+                        input.len()
+                    );
+                };
+                if !input.is_dir() {
+                    bail!(
+                        "--output {} is a folder, so --input must be a folder of patients, but {} is not a folder",
+                        output.display(),
+                        input.display()
+                    );
+                }
+                let opts = BatchOptions {
+                    checkpoint,
+                    input: input.clone(),
+                    output,
+                    modalities,
+                    probabilities,
+                    previews: preview,
+                    protocol,
+                    grid,
+                    progress,
+                };
+                let report = predict_batch(&opts, &device)?;
+                let failures = report.failures();
+                println!(
+                    "{} of {} cases segmented; summary: {}",
+                    report.rows.len() - failures.len(),
+                    report.rows.len(),
+                    report.summary.display()
+                );
+                if !failures.is_empty() {
+                    println!("{} failed:", failures.len());
+                    for f in &failures {
+                        println!("  {}: {}", f.case, f.error.as_deref().unwrap_or("?"));
+                    }
+                    bail!(
+                        "{} of {} cases failed (listed above and in {})",
+                        failures.len(),
+                        report.rows.len(),
+                        report.summary.display()
+                    );
+                }
+                return Ok(());
+            }
             let opts = PredictOptions {
                 checkpoint,
                 inputs: input,
@@ -349,6 +419,7 @@ fn run(cli: Cli) -> Result<()> {
                 probabilities,
                 preview,
                 protocol,
+                grid,
             };
             let s = predict(&opts, &device)?;
             println!(
@@ -359,11 +430,16 @@ fn run(cli: Cli) -> Result<()> {
                 s.counts.get(&1).unwrap_or(&0),
                 s.counts.get(&4).unwrap_or(&0)
             );
+            let [wt, tc, et] = s.volumes_ml;
+            println!("tumour volumes: whole tumour {wt:.2} ml, tumour core {tc:.2} ml, enhancing tumour {et:.2} ml");
             println!("{}", s.protocol);
             if let Some((outside, brain)) = s.outside_window.filter(|(o, _)| *o > 0) {
                 println!(
                     "warning: the centre window left {outside} of {brain} brain voxels unsegmented"
                 );
+            }
+            for w in &s.warnings {
+                println!("warning: {w}");
             }
             for w in &s.written {
                 println!("wrote {}", w.display());

@@ -7,21 +7,33 @@
 //! non-zero bounding box, Gaussian-blended ([`crate::protocol`]). `--window centre` asks for the
 //! ACN literature's single centre window instead, and then the brain voxels it leaves out are
 //! counted and reported.
+//!
+//! Real scans: the inputs are checked first ([`crate::scans`]: requested modalities present,
+//! NaN voxels counted, images without signal treated as missing, grids compared or resampled
+//! with `--resample` / `--spacing`), every output location is checked before the network runs,
+//! and results are written under temporary names renamed at the end ([`crate::outputs`]), so a
+//! failure leaves no partial result. [`segment`] and [`write_segmentation`] are the per-case
+//! steps that `predict` and the batch mode ([`crate::batch`]) share.
 
 use crate::checkpoint;
+use crate::config::ProtocolConfig;
 use crate::infer::probabilities;
 use crate::metrics::PostProcess;
 use crate::model::unet_from_checkpoint;
-use crate::plot::{Canvas, BLACK, WHITE};
+use crate::outputs::Outputs;
+use crate::preview::preview;
 use crate::protocol::{self, ProtocolArgs, WindowKind};
+use crate::scans::{isotropic_case, load_scans, GridOptions};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use mgsd_io::labels::{labels_from_channels, EDEMA, ENHANCING, NCR_NET};
 use mgsd_io::preprocess::CaseView;
+use mgsd_io::resample::{resample, resample_labels, Interpolation};
 use mgsd_io::{
-    Case, CaseFiles, ImageSource, LabelScheme, Modality, ModalitySet, OutputType, Volume,
+    CaseFiles, Grid, ImageSource, LabelScheme, Modality, ModalitySet, OutputType, Volume,
     ACN_CHANNEL_ORDER,
 };
+use mgsd_nn::UNet3D;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -42,6 +54,8 @@ pub struct PredictOptions {
     pub preview: Option<PathBuf>,
     /// Overrides of the checkpoint's protocol (window, patch, blending, TTA, …).
     pub protocol: ProtocolArgs,
+    /// Modalities on different grids: resample, reference, isotropic spacing.
+    pub grid: GridOptions,
 }
 
 /// What `predict` did.
@@ -59,6 +73,10 @@ pub struct PredictSummary {
     pub protocol: String,
     /// With a centre window: brain voxels left out, and the brain's size.
     pub outside_window: Option<(usize, usize)>,
+    /// Whole tumour, tumour core, enhancing tumour (ml).
+    pub volumes_ml: [f64; 3],
+    /// Warnings about the inputs (also logged).
+    pub warnings: Vec<String>,
 }
 
 /// The modality a file name names: the last `_`/`-`/`.`-separated token of its stem
@@ -79,19 +97,7 @@ fn case_files(opts: &PredictOptions) -> Result<CaseFiles> {
         let mut cf = mgsd_io::discover_case(dir)
             .with_context(|| format!("reading case folder {}", dir.display()))?;
         cf.label = None;
-        if let Some(wanted) = &opts.modalities {
-            let ImageSource::PerModality(files) = &mut cf.images else {
-                bail!("{}: unexpected stacked image", dir.display())
-            };
-            let wanted = ModalitySet::of(wanted);
-            files.retain(|m, _| wanted.contains(*m));
-            if files.is_empty() {
-                bail!(
-                    "{}: none of the requested modalities ({wanted}) is in the folder",
-                    dir.display()
-                );
-            }
-        }
+        // The requested modalities are checked (each must be present) by `load_scans`.
         return Ok(cf);
     }
     let mut files = BTreeMap::new();
@@ -128,31 +134,148 @@ fn case_files(opts: &PredictOptions) -> Result<CaseFiles> {
     })
 }
 
-/// Segments one patient (see the module docs).
+/// The network and its protocol, loaded once (for many cases in a batch).
+pub struct Segmenter {
+    /// The segmenter.
+    pub unet: UNet3D,
+    /// The protocol (checkpoint + overrides).
+    pub proto: ProtocolConfig,
+    /// The checkpoint it came from.
+    pub checkpoint: PathBuf,
+    /// The protocol in one line.
+    pub description: String,
+}
+
+impl std::fmt::Debug for Segmenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segmenter")
+            .field("checkpoint", &self.checkpoint)
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Segmenter {
+    /// Loads `checkpoint` and resolves its protocol with `args` (sliding windows by default).
+    ///
+    /// # Errors
+    /// An unreadable checkpoint, invalid overrides.
+    pub fn load(checkpoint: &Path, args: &ProtocolArgs, device: &Device) -> Result<Self> {
+        let ckpt = checkpoint::load(checkpoint, device)?;
+        let unet = unet_from_checkpoint(&ckpt, device)?;
+        let proto = args.apply(&protocol::of_checkpoint(&ckpt)?, Some(WindowKind::Sliding))?;
+        let description = protocol::describe(&proto);
+        Ok(Segmenter { unet, proto, checkpoint: checkpoint.to_path_buf(), description })
+    }
+}
+
+/// One case segmented, on its reference grid.
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    /// Case id.
+    pub id: String,
+    /// Modalities used.
+    pub modalities: ModalitySet,
+    /// The reference image: grid, affine and header of every result.
+    pub reference: Volume,
+    /// The image the preview is drawn from (FLAIR, else T1ce, T2, T1), on the reference grid.
+    pub grey: Volume,
+    /// Canonical labels (0/1/2/4) on the reference grid.
+    pub labels: Vec<u8>,
+    /// Probabilities of ED, NCR/NET and ET on the reference grid, when asked for.
+    pub probabilities: Option<[Vec<f32>; 3]>,
+    /// Warnings about the inputs.
+    pub warnings: Vec<String>,
+    /// With a centre window: brain voxels left out, and the brain's size.
+    pub outside_window: Option<(usize, usize)>,
+}
+
+impl Segmentation {
+    /// Voxels per canonical label.
+    pub fn counts(&self) -> BTreeMap<u8, usize> {
+        let mut counts = BTreeMap::new();
+        for &l in &self.labels {
+            *counts.entry(l).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Whole tumour (1, 2, 4), tumour core (1, 4) and enhancing tumour (4) in ml.
+    pub fn volumes_ml(&self) -> [f64; 3] {
+        let c = self.counts();
+        let n = |l: u8| *c.get(&l).unwrap_or(&0) as f64;
+        let ml = Grid::of(&self.reference).voxel_ml();
+        [
+            (n(NCR_NET) + n(EDEMA) + n(ENHANCING)) * ml,
+            (n(NCR_NET) + n(ENHANCING)) * ml,
+            n(ENHANCING) * ml,
+        ]
+    }
+}
+
+/// Names of the probability maps, in channel order (ED, NCR/NET, ET).
+pub const PROBABILITY_FILES: [&str; 3] = ["prob_ed", "prob_ncr_net", "prob_et"];
+
+/// Where one case's results go.
+#[derive(Debug, Clone)]
+pub struct OutputPaths {
+    /// The label map.
+    pub labels: PathBuf,
+    /// Folder of the probability maps.
+    pub probabilities: Option<PathBuf>,
+    /// The PNG preview.
+    pub preview: Option<PathBuf>,
+}
+
+impl OutputPaths {
+    /// Every file these outputs are (probability maps one by one).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.labels.clone()];
+        if let Some(dir) = &self.probabilities {
+            out.extend(PROBABILITY_FILES.iter().map(|n| dir.join(format!("{n}.nii.gz"))));
+        }
+        out.extend(self.preview.clone());
+        out
+    }
+}
+
+/// Segments one case: loads and checks its scans, brings them onto one grid (and onto
+/// isotropic voxels with `--spacing`), runs the network, and maps labels (and probabilities)
+/// onto the reference grid.
 ///
 /// # Errors
-/// Unreadable inputs or checkpoint, grids that differ between modalities — naming the file.
-pub fn predict(opts: &PredictOptions, device: &Device) -> Result<PredictSummary> {
-    let ckpt = checkpoint::load(&opts.checkpoint, device)?;
-    let unet = unet_from_checkpoint(&ckpt, device)?;
-    let proto = opts.protocol.apply(&protocol::of_checkpoint(&ckpt)?, Some(WindowKind::Sliding))?;
-    let files = case_files(opts)?;
-    let case = files.load().with_context(|| format!("loading {}", files.id))?;
-    let modalities = case.modalities();
-    let grid = case.grid().context("the case has no image")?.clone();
-
-    let pl = protocol::eval_pipeline(&proto);
-    let view = CaseView::from_case(&case, &pl.order)?;
-    let sample = pl.eval(&view).with_context(|| format!("preprocessing {}", files.id))?;
+/// Anything [`load_scans`] refuses; preprocessing or network errors, naming the case.
+pub fn segment(
+    seg: &Segmenter,
+    files: &CaseFiles,
+    wanted: Option<&[Modality]>,
+    grid: &GridOptions,
+    with_probabilities: bool,
+    device: &Device,
+) -> Result<Segmentation> {
+    let id = files.id.clone();
+    let scans = load_scans(files, wanted, grid)?;
+    let modalities = scans.case.modalities();
+    let (net_case, iso) = match grid.spacing {
+        Some(mm) => {
+            let (c, g) = isotropic_case(&scans.case, &scans.reference, mm)?;
+            tracing::info!("{id}: segmenting on {mm} mm isotropic voxels, grid {:?}", g.shape);
+            (c, Some(g))
+        }
+        None => (scans.case.clone(), None),
+    };
+    let proto = &seg.proto;
+    let pl = protocol::eval_pipeline(proto);
+    let view = CaseView::from_case(&net_case, &pl.order)?;
+    let sample = pl.eval(&view).with_context(|| format!("preprocessing {id}"))?;
     let outside_window = if proto.sliding_window() {
-        protocol::warn_if_mostly_padding(&files.id, sample.record.valid_box(), proto.patch);
+        protocol::warn_if_mostly_padding(&id, sample.record.valid_box(), proto.patch);
         None
     } else {
         let (outside, brain) = protocol::brain_outside_window(&view, &sample.record)?;
         if outside > 0 {
             tracing::warn!(
-                "{}: the centre window {:?} leaves {outside} of {brain} brain voxels ({:.1}%) unsegmented (label 0); drop `--window centre` to segment the whole brain",
-                files.id,
+                "{id}: the centre window {:?} leaves {outside} of {brain} brain voxels ({:.1}%) unsegmented (label 0); drop `--window centre` to segment the whole brain",
                 proto.patch,
                 100.0 * outside as f64 / brain.max(1) as f64
             );
@@ -160,135 +283,116 @@ pub fn predict(opts: &PredictOptions, device: &Device) -> Result<PredictSummary>
         Some((outside, brain))
     };
     let mask = modalities.channel_mask(&ACN_CHANNEL_ORDER);
-    let description = protocol::describe(&proto);
     tracing::info!(
-        "segmenting {} ({modalities}; grid {:?}) with {}; {description}",
-        files.id,
-        grid.shape,
-        opts.checkpoint.display()
+        "segmenting {id} ({modalities}; grid {:?}) with {}; {}",
+        scans.reference.shape,
+        seg.checkpoint.display(),
+        seg.description
     );
-    let probs = probabilities(&unet, &sample.image, mask, protocol::inference(&proto), device)?;
+    let probs = probabilities(&seg.unet, &sample.image, mask, protocol::inference(proto), device)?;
     let labels = labels_from_channels(&probs)?;
     let mut full = sample.record.uncrop(&labels, 1)?;
     PostProcess { min_et: proto.min_et() }.apply(&mut full);
-
-    let mut written = Vec::new();
-    if let Some(dir) = opts.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    mgsd_io::write_labels(&opts.output, &full, &grid)
-        .with_context(|| format!("writing {}", opts.output.display()))?;
-    written.push(opts.output.clone());
-    if let Some(dir) = &opts.probabilities {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let reference_grid = Grid::of(&scans.reference);
+    let labels = match &iso {
+        Some(g) => resample_labels(&full, g, &reference_grid)?,
+        None => full,
+    };
+    let probabilities = if with_probabilities {
         let n = sample.record.shape().iter().product::<usize>();
-        for (c, name) in ["prob_ed", "prob_ncr_net", "prob_et"].iter().enumerate() {
+        let mut maps: [Vec<f32>; 3] = Default::default();
+        for (c, map) in maps.iter_mut().enumerate() {
             let p = sample.record.uncrop(&probs[c * n..(c + 1) * n], 1)?;
-            let path = dir.join(format!("{name}.nii.gz"));
-            mgsd_io::write_volume(&path, &grid.with_data(p)?, OutputType::Float32)
-                .with_context(|| format!("writing {}", path.display()))?;
-            written.push(path);
+            *map = match &iso {
+                Some(g) => {
+                    let on_iso = Volume { data: p, ..g.zeros() };
+                    resample(&on_iso, &reference_grid, Interpolation::Linear)?.0.data
+                }
+                None => p,
+            };
         }
-    }
-    if let Some(path) = &opts.preview {
-        preview(&case, &full).save_png(path)?;
-        written.push(path.clone());
-    }
-    let mut counts = BTreeMap::new();
-    for &l in &full {
-        *counts.entry(l).or_insert(0) += 1;
-    }
-    Ok(PredictSummary {
+        Some(maps)
+    } else {
+        None
+    };
+    let grey = [Modality::Flair, Modality::T1ce, Modality::T2, Modality::T1]
+        .iter()
+        .find_map(|m| scans.case.images.get(m))
+        .unwrap_or(&scans.reference)
+        .clone();
+    Ok(Segmentation {
+        id,
         modalities,
-        shape: grid.shape,
-        counts,
-        written,
-        protocol: description,
+        reference: scans.reference,
+        grey,
+        labels,
+        probabilities,
+        warnings: scans.warnings,
         outside_window,
     })
 }
 
-/// Overlay colour of a canonical label.
-fn label_colour(l: u8) -> Option<[u8; 3]> {
-    match l {
-        EDEMA => Some([40, 200, 40]),
-        NCR_NET => Some([230, 40, 40]),
-        ENHANCING => Some([255, 220, 0]),
-        _ => None,
+/// Writes `s` to the temporary names of `paths` in `outputs` (commit them afterwards).
+///
+/// # Errors
+/// Write errors naming the file.
+pub fn write_segmentation(s: &Segmentation, paths: &OutputPaths, outputs: &Outputs) -> Result<()> {
+    let tmp = outputs.staging(&paths.labels)?;
+    mgsd_io::write_labels(tmp, &s.labels, &s.reference)
+        .with_context(|| format!("writing {}", paths.labels.display()))?;
+    if let (Some(dir), Some(maps)) = (&paths.probabilities, &s.probabilities) {
+        for (name, map) in PROBABILITY_FILES.iter().zip(maps) {
+            let path = dir.join(format!("{name}.nii.gz"));
+            mgsd_io::write_volume(
+                outputs.staging(&path)?,
+                &s.reference.with_data(map.clone())?,
+                OutputType::Float32,
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+        }
     }
+    if let Some(path) = &paths.preview {
+        preview(&s.grey, &s.labels)?.canvas.save_png(outputs.staging(path)?)?;
+    }
+    Ok(())
 }
 
-/// Axial, coronal and sagittal slices through the tumour's centre (the volume's centre if
-/// there is none), grey levels from FLAIR (else T1ce, T2, T1), the segmentation overlaid
-/// (oedema green, necrotic/non-enhancing core red, enhancing tumour yellow).
-pub fn preview(case: &Case, labels: &[u8]) -> Canvas {
-    let Some(vol) = [Modality::Flair, Modality::T1ce, Modality::T2, Modality::T1]
-        .iter()
-        .find_map(|m| case.images.get(m))
-    else {
-        return Canvas::new(8, 8, BLACK);
+/// Segments one patient (see the module docs).
+///
+/// # Errors
+/// An output location that cannot be written (before any work), unreadable inputs or
+/// checkpoint, a requested modality that is absent, grids that differ without `--resample`
+/// — naming the file.
+pub fn predict(opts: &PredictOptions, device: &Device) -> Result<PredictSummary> {
+    let paths = OutputPaths {
+        labels: opts.output.clone(),
+        probabilities: opts.probabilities.clone(),
+        preview: opts.preview.clone(),
     };
-    let [nx, ny, nz] = vol.shape;
-    // Tumour centre.
-    let (mut c, mut n) = ([0f64; 3], 0usize);
-    for i in 0..nx {
-        for j in 0..ny {
-            for k in 0..nz {
-                if labels[(i * ny + j) * nz + k] != 0 {
-                    c[0] += i as f64;
-                    c[1] += j as f64;
-                    c[2] += k as f64;
-                    n += 1;
-                }
-            }
-        }
-    }
-    let centre =
-        if n > 0 { c.map(|v| (v / n as f64).round() as usize) } else { [nx / 2, ny / 2, nz / 2] };
-    let (lo, hi) = intensity_window(vol);
-    // Each view: (width axis, height axis, fixed axis).
-    let views = [("AXIAL", 0usize, 1usize, 2usize), ("CORONAL", 0, 2, 1), ("SAGITTAL", 1, 2, 0)];
-    let scale = (256 / nx.max(ny).max(nz)).max(1);
-    let tile = |a: usize| vol.shape[a] * scale;
-    let width: usize = views.iter().map(|v| tile(v.1) + 8).sum::<usize>() + 8;
-    let height = views.iter().map(|v| tile(v.2)).max().unwrap_or(0) + 40;
-    let mut cv = Canvas::new(width, height, BLACK);
-    let mut x0 = 8usize;
-    for (name, wa, ha, fa) in views {
-        cv.text(x0 as i64, 6, name, 2, WHITE);
-        for v in 0..vol.shape[ha] {
-            for u in 0..vol.shape[wa] {
-                let mut idx = [0usize; 3];
-                idx[wa] = u;
-                idx[ha] = vol.shape[ha] - 1 - v; // superior / anterior up
-                idx[fa] = centre[fa];
-                let lin = (idx[0] * ny + idx[1]) * nz + idx[2];
-                let g =
-                    (((vol.data[lin] - lo) / (hi - lo).max(1e-6)).clamp(0.0, 1.0) * 255.0) as u8;
-                for dy in 0..scale {
-                    for dx in 0..scale {
-                        let (px, py) = (x0 + u * scale + dx, 30 + v * scale + dy);
-                        cv.set(px as i64, py as i64, [g, g, g]);
-                        if let Some(col) = label_colour(labels[lin]) {
-                            cv.blend(px, py, col, 0.45);
-                        }
-                    }
-                }
-            }
-        }
-        x0 += tile(wa) + 8;
-    }
-    cv
-}
-
-/// 1st and 99th percentile of the non-zero voxels.
-fn intensity_window(vol: &Volume) -> (f32, f32) {
-    let mut v: Vec<f32> = vol.data.iter().copied().filter(|x| *x != 0.0 && x.is_finite()).collect();
-    if v.is_empty() {
-        return (0.0, 1.0);
-    }
-    v.sort_unstable_by(f32::total_cmp);
-    (v[v.len() / 100], v[(v.len() * 99) / 100])
+    let outputs = Outputs::plan(&paths.files(), &opts.inputs)?;
+    let seg = Segmenter::load(&opts.checkpoint, &opts.protocol, device)?;
+    let files = case_files(opts)?;
+    let s = segment(
+        &seg,
+        &files,
+        opts.modalities.as_deref(),
+        &opts.grid,
+        paths.probabilities.is_some(),
+        device,
+    )?;
+    write_segmentation(&s, &paths, &outputs)?;
+    let written = outputs.commit()?;
+    let written = paths.files().into_iter().filter(|p| written.contains(p)).collect();
+    Ok(PredictSummary {
+        modalities: s.modalities,
+        shape: s.reference.shape,
+        counts: s.counts(),
+        written,
+        protocol: seg.description.clone(),
+        outside_window: s.outside_window,
+        volumes_ml: s.volumes_ml(),
+        warnings: s.warnings.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use mgsd_train::eval::{evaluate, EvalSettings};
 use mgsd_train::model::unet_from_checkpoint;
 use mgsd_train::predict::{predict, PredictOptions};
 use mgsd_train::protocol::{ProtocolArgs, WindowKind};
+use mgsd_train::scans::GridOptions;
 use mgsd_train::train::{files, train, RunOptions, StopReason};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -129,6 +130,7 @@ fn train_checkpoint_evaluate_predict() {
         probabilities: Some(dir.path().join("pred/prob")),
         preview: Some(dir.path().join("pred/preview.png")),
         protocol: ProtocolArgs { window: Some(WindowKind::Centre), ..ProtocolArgs::default() },
+        grid: GridOptions::default(),
     };
     let s = predict(&opts, &Device::Cpu).unwrap();
     assert_eq!(s.modalities.len(), 4);
@@ -329,6 +331,7 @@ fn errors_name_the_file_and_the_problem() {
         probabilities: None,
         preview: None,
         protocol: ProtocolArgs::default(),
+        grid: GridOptions::default(),
     };
     let e = format!("{:#}", predict(&opts, &Device::Cpu).unwrap_err());
     assert!(e.contains("nowhere_t1.nii.gz"), "{e}");

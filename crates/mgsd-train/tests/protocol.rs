@@ -7,6 +7,7 @@ use mgsd_io::{read_volume, SynthConfig};
 use mgsd_train::config::Config;
 use mgsd_train::predict::{predict, PredictOptions};
 use mgsd_train::protocol::{ProtocolArgs, WindowKind};
+use mgsd_train::scans::GridOptions;
 use mgsd_train::train::{files, train, RunOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -147,6 +148,25 @@ fn readme_train_eval_predict_runs_as_written() {
     assert!(stdout.contains("sliding"), "predict covers the whole brain by default: {stdout}");
     assert!(seg.exists() && png.exists());
 
+    // predict over a folder of patients, the README's second form.
+    let segs = dir.path().join("segmentations");
+    let (ok, stdout, stderr) = run(&[
+        "--quiet",
+        "predict",
+        "--checkpoint",
+        s(&best),
+        "--input",
+        s(&data),
+        "--output",
+        s(&segs),
+        "--resample",
+    ]);
+    assert!(ok, "batch predict failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("6 of 6 cases segmented"), "{stdout}");
+    let summary = std::fs::read_to_string(segs.join("summary.csv")).unwrap();
+    assert_eq!(summary.lines().count(), 7, "{summary}");
+    assert!(ids.iter().all(|id| segs.join(format!("{id}.nii.gz")).is_file()));
+
     // A split file without a test part (as k-fold files used to be) is refused, not replaced
     // by the validation cases.
     let old = dir.path().join("old-split.json");
@@ -232,6 +252,7 @@ fn predict_covers_the_whole_brain_and_a_centre_window_says_what_it_drops() {
         probabilities: Some(dir.path().join(name)),
         preview: None,
         protocol,
+        grid: GridOptions::default(),
     };
     // x-slices outside a centred 24-voxel window.
     let outside = |i: usize| i < (nx - 24) / 2 || i >= (nx - 24) / 2 + 24;

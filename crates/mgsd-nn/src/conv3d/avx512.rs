@@ -58,6 +58,23 @@ pub(super) fn available() -> bool {
     })
 }
 
+/// How [`cpu_kernels`] was decided, for logs: `"MGSD_CPU_KERNELS=portable"` when the
+/// environment chose, else `"auto-detected: the CPU has AVX-512F"` (or `"lacks"`).
+pub fn cpu_kernels_reason() -> &'static str {
+    if std::env::var("MGSD_CPU_KERNELS").is_ok_and(|v| v == "portable") {
+        return "MGSD_CPU_KERNELS=portable";
+    }
+    #[cfg(target_arch = "x86_64")]
+    let has = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    if has {
+        "auto-detected: the CPU has AVX-512F"
+    } else {
+        "auto-detected: the CPU lacks AVX-512F"
+    }
+}
+
 /// Which CPU convolution kernels this process uses, for logs: `"AVX-512"` or
 /// `"portable (gemm)"`.
 pub fn cpu_kernels() -> &'static str {
