@@ -50,8 +50,12 @@ impl std::fmt::Display for Method {
     }
 }
 
-/// Tolerance (in voxels) for "the map is a permutation" and "the position is inside".
+/// Tolerance (in voxels) for "the position is inside the source grid".
 const TOL: f64 = 1e-6;
+
+/// Tolerance for "the map is a permutation with a whole-voxel shift": affines stored as
+/// float32 (sform) are off by ~1e-5 mm between two files of one scan, which must still copy.
+const EXACT_TOL: f64 = 1e-4;
 
 /// One target axis of an exact map: the source axis it reads, the step (±1) and the offset,
 /// so that target index `t` reads source index `offset + step · t` along `axis`.
@@ -75,12 +79,12 @@ pub fn exact_axes(map: &Affine) -> Option<[AxisMap; 3]> {
         let mut found = None;
         for (s, row) in map.iter().take(3).enumerate() {
             let v = row[t];
-            if (v.abs() - 1.0).abs() <= TOL {
+            if (v.abs() - 1.0).abs() <= EXACT_TOL {
                 if found.is_some() {
                     return None;
                 }
                 found = Some((s, if v > 0.0 { 1 } else { -1 }));
-            } else if v.abs() > TOL {
+            } else if v.abs() > EXACT_TOL {
                 return None;
             }
         }
@@ -90,7 +94,7 @@ pub fn exact_axes(map: &Affine) -> Option<[AxisMap; 3]> {
         }
         used[s] = true;
         let shift = map[s][3];
-        if (shift - shift.round()).abs() > TOL {
+        if (shift - shift.round()).abs() > EXACT_TOL {
             return None;
         }
         *slot = AxisMap { axis: s, step, offset: shift.round() as i64 };
@@ -259,6 +263,17 @@ mod tests {
         // And back again, exactly.
         let (back, _) = resample(&r, &Grid::of(&v), Interpolation::Linear).unwrap();
         assert_eq!(back.data, v.data);
+    }
+
+    #[test]
+    fn float32_rounding_of_the_affine_still_copies_exactly() {
+        let v = ramp([3, 4, 5]);
+        let mut target = Grid::of(&v);
+        target.affine[0][3] += 3e-5; // what a float32 sform does to 239.0 × 0.9375
+        target.affine[1][1] *= 1.0 + 1e-7;
+        let (r, m) = resample(&v, &target, Interpolation::Linear).unwrap();
+        assert_eq!(m, Method::Exact);
+        assert_eq!(r.data, v.data);
     }
 
     #[test]
