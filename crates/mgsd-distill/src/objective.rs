@@ -40,7 +40,7 @@ use crate::ema::{Ema, EmaConfig};
 use crate::error::{Error, Result};
 use crate::feature::{FeatureDistillation, MULTI_AXIS_GAMMA};
 use crate::losses::{image_level, soft_dice};
-use crate::modality::{ModalityDistillation, PRESENT_WEIGHT};
+use crate::modality::{ModalityAttention, ModalityDistillation, PRESENT_WEIGHT};
 use crate::sampler::ModalityMask;
 
 /// Checkpoint prefix of the student U-Net.
@@ -96,6 +96,9 @@ pub struct MgsdConfig {
     pub gamma: f64,
     /// Weight α of the present-modality group of `L_mod` (0.6; missing gets 1 − α).
     pub present_weight: f64,
+    /// The modality level's decoder layer: the reference's bare attention or the pre-norm
+    /// layer with residuals and feed-forward (same parameters).
+    pub modality_attention: ModalityAttention,
     /// Whether the teacher pass also uses dropout in training mode (the reference: yes).
     pub teacher_dropout: bool,
     /// Loss weights.
@@ -116,6 +119,7 @@ impl Default for MgsdConfig {
             dropout: 0.2,
             gamma: MULTI_AXIS_GAMMA,
             present_weight: PRESENT_WEIGHT,
+            modality_attention: ModalityAttention::Reference,
             teacher_dropout: true,
             weights: LossWeights::default(),
             ema: EmaConfig::default(),
@@ -173,7 +177,12 @@ impl MgsdModel {
     pub fn new(cfg: &MgsdConfig, vb: &VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Self {
             unet: UNet3D::new(cfg.unet(), vb.pp(UNET_PREFIX))?,
-            mmd: ModalityDistillation::new(cfg.width, cfg.present_weight, vb.pp("MMD"))?,
+            mmd: ModalityDistillation::new(
+                cfg.width,
+                cfg.present_weight,
+                cfg.modality_attention,
+                vb.pp("MMD"),
+            )?,
             features: FeatureDistillation::new(cfg.width, cfg.gamma, vb)?,
         })
     }

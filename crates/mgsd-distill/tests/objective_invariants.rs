@@ -4,15 +4,22 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use mgsd_distill::{MaskSampler, MaskSampling, MgsdConfig, MgsdObjective, ModalityMask};
+use mgsd_distill::{
+    term_gradients, MaskSampler, MaskSampling, MgsdConfig, MgsdObjective, ModalityAttention,
+    ModalityMask,
+};
 
 /// Token grid 2 × 2 × 1: with a 1 × 1 × 1 grid the extractor's GroupNorms normalise single
 /// values and cut every gradient below them.
 const PATCH: [usize; 3] = [64, 64, 32];
 
 fn setup(seed: u64) -> (MgsdObjective, Tensor, Tensor) {
+    setup_with(seed, ModalityAttention::Reference)
+}
+
+fn setup_with(seed: u64, attention: ModalityAttention) -> (MgsdObjective, Tensor, Tensor) {
     let dev = Device::Cpu;
-    let cfg = MgsdConfig { width: 8, seed, ..MgsdConfig::default() };
+    let cfg = MgsdConfig { width: 8, seed, modality_attention: attention, ..MgsdConfig::default() };
     let obj = MgsdObjective::new(cfg, &dev, true).unwrap();
     let [d, h, w] = PATCH;
     let x = Tensor::rand(0f32, 1.0, (1, 4, d, h, w), &dev).unwrap();
@@ -121,33 +128,80 @@ fn zero_by_construction(name: &str) -> bool {
 
 #[test]
 fn every_trainable_variable_gets_a_gradient() {
-    let (obj, x, y) = setup(3);
+    every_variable_learns(ModalityAttention::Reference);
+}
+
+/// The `prenorm` modality level applies the feed-forward `layers.0.1` and three LayerNorms:
+/// every one of their parameters must learn too (candle-nn's fused LayerNorm would cut them).
+#[test]
+fn every_trainable_variable_gets_a_gradient_with_prenorm() {
+    every_variable_learns(ModalityAttention::Prenorm);
+}
+
+fn every_variable_learns(attention: ModalityAttention) {
+    let (obj, x, y) = setup_with(3, attention);
     let r = ModalityMask::new([1.0, 1.0, 0.0, 0.0]).unwrap();
     let terms = obj.step_losses(&x, &y, &r, true).unwrap();
     let grads = terms.total.backward().unwrap();
-    let mut checked = 0;
+    let (mut checked, mut feed_forward) = (0, 0);
     let mut failures = Vec::new();
+    let prenorm = attention == ModalityAttention::Prenorm;
     for (k, v) in vars(obj.student_vars()) {
         let g = grads
             .get(v.as_tensor())
             .map(|g| g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap());
-        if k.contains(".layers.0.1.") || k.starts_with("MMD.extra_fea.gn2.") {
+        let never_applied =
+            (!prenorm && k.contains(".layers.0.1.")) || k.starts_with("MMD.extra_fea.gn2.");
+        // With prenorm, the last bias of the mutual-aware modules' feed-forward is added to both
+        // sides of `mse(E(a, b), E(b, a))`.
+        let cancelled = if prenorm {
+            (k.contains("_encode.") && k.ends_with("fn.net.3.bias"))
+                || (zero_by_construction(&k) && !k.contains(".layers.0.1."))
+        } else {
+            zero_by_construction(&k)
+        };
+        if never_applied {
             // Never applied: no gradient at all.
             if g.unwrap_or(0.0) != 0.0 {
                 failures.push(format!("{k}: unused, got {g:?}"));
             }
-        } else if zero_by_construction(&k) {
+        } else if cancelled {
             // Cancelled analytically, f32 rounding left (PyTorch f32: up to 1.5e-4 for
             // `extra_fea.conv1.bias`, f64: 1e-12): nothing to assert.
         } else {
             match g {
-                Some(g) if g > 0.0 && g.is_finite() => checked += 1,
+                Some(g) if g > 0.0 && g.is_finite() => {
+                    checked += 1;
+                    feed_forward += usize::from(k.contains(".layers.0.1."));
+                }
                 _ => failures.push(format!("{k}: gradient {g:?}")),
             }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(checked > 100, "{checked}");
+    // 3 decoders × 6 feed-forward parameters, less the two cancelled biases.
+    assert_eq!(feed_forward, if prenorm { 16 } else { 0 });
+}
+
+/// `term_gradients` reports every term; the discriminator only by its own loss, the modality
+/// level's parameters only by the modality term (and the total).
+#[test]
+fn term_gradients_split_the_parameters_as_the_objective_does() {
+    let (obj, x, y) = setup_with(6, ModalityAttention::Prenorm);
+    let r = ModalityMask::new([0.0, 1.0, 1.0, 0.0]).unwrap();
+    let terms = obj.step_losses(&x, &y, &r, false).unwrap();
+    let tg = term_gradients(&obj, &terms).unwrap();
+    for t in ["sup_full", "sup_miss", "image", "feature", "modality", "adv_gen", "total", "disc"] {
+        assert!(tg.norms.contains_key(t) && tg.values[t].is_finite(), "{t}: {tg:?}");
+    }
+    let n = |t: &str, g: &str| tg.norms[t][g];
+    assert!(n("disc", "discriminator") > 0.0 && n("disc", "unet") == 0.0);
+    assert!(n("adv_gen", "discriminator") == 0.0 && n("adv_gen", "unet") > 0.0);
+    assert!(n("modality", "mmd_attention") > 0.0 && n("modality", "mmd_feed_forward") > 0.0);
+    assert!(n("sup_miss", "mmd_attention") == 0.0 && n("feature", "mutiaxis") > 0.0);
+    assert!(n("modality", "unet") > 0.0 && n("modality", "mutiaxis") == 0.0);
+    assert_eq!(tg.weights["modality"], 150.0);
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! (RFNet protocol and split lists), `configs/demo.toml` (synthetic cases, at most 8 min of training on 2 cores).
 
 use anyhow::{bail, Context, Result};
+use mgsd_distill::ModalityAttention;
 use mgsd_io::ModalitySet;
 use mgsd_nn::ConvPrecision;
 use serde::{Deserialize, Serialize};
@@ -240,6 +241,17 @@ pub struct ModelConfig {
     /// at the paper's patch, one more GroupNorm pass per norm. `false` keeps them.
     #[serde(default = "default_recompute_norm")]
     pub recompute_norm: bool,
+    /// The modality level's decoder layer: `"reference"` (default; the bare softmax-free
+    /// attention, whose term vanishes at standard initialisation) or `"prenorm"` (LayerNorm,
+    /// attention and the reference's unused feed-forward, each with a residual). Both have the
+    /// same parameters, so checkpoints load either way. Not written when `reference`, so the
+    /// configuration hash of earlier runs is unchanged.
+    #[serde(default, skip_serializing_if = "is_reference_attention")]
+    pub modality_attention: ModalityAttention,
+}
+
+fn is_reference_attention(a: &ModalityAttention) -> bool {
+    *a == ModalityAttention::Reference
 }
 
 fn default_recompute_norm() -> bool {
@@ -260,6 +272,7 @@ impl Default for ModelConfig {
             dropout: default_dropout(),
             output_bias: None,
             recompute_norm: default_recompute_norm(),
+            modality_attention: ModalityAttention::Reference,
         }
     }
 }

@@ -37,6 +37,7 @@ pub fn mgsd_config(cfg: &Config, dropout_seed: u64) -> MgsdConfig {
         ema: EmaConfig { decay_max: cfg.train.ema_decay },
         seed: dropout_seed,
         recompute_norm: cfg.model.recompute_norm,
+        modality_attention: cfg.model.modality_attention,
         ..MgsdConfig::default()
     }
 }

@@ -24,7 +24,9 @@ use candle_nn::VarBuilder;
 use mgsd_nn::adaptive_pool::adaptive_avg_pool3d;
 use mgsd_nn::conv3d::{conv3d, Conv3d, Conv3dConfig};
 
-use super::decoder::{raw_tokens, tokens_to_volume, volume_to_tokens, TokenDecoder, TOKEN_DIM};
+use super::decoder::{
+    raw_tokens, tokens_to_volume, volume_to_tokens, ModalityAttention, TokenDecoder, TOKEN_DIM,
+};
 use super::extractor::{token_grid, TokenExtractor};
 use crate::losses::mse;
 use crate::sampler::{ModalityMask, NUM_MODALITIES};
@@ -45,13 +47,20 @@ pub struct ModalityDistillation {
 
 impl ModalityDistillation {
     /// Creates or loads `MMD.*` (pass `vb.pp("MMD")`) for a U-Net of width `c` (style maps of
-    /// `8c` channels); `present_weight` is α (0.6 in the reference).
-    pub fn new(c: usize, present_weight: f64, vb: VarBuilder<'_>) -> Result<Self> {
+    /// `8c` channels); `present_weight` is α (0.6 in the reference); `attention` the form of
+    /// the three decoder layers (same parameters either way).
+    pub fn new(
+        c: usize,
+        present_weight: f64,
+        attention: ModalityAttention,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
+        let decoder = |name: &str| TokenDecoder::new(attention, vb.pp(name));
         Ok(Self {
-            miss_encode: TokenDecoder::new(vb.pp("miss_encode"))?,
-            nonmiss_encode: TokenDecoder::new(vb.pp("nonmiss_encode"))?,
+            miss_encode: decoder("miss_encode")?,
+            nonmiss_encode: decoder("nonmiss_encode")?,
             extra_fea: TokenExtractor::new(vb.pp("extra_fea"))?,
-            get_modality_tokens: TokenDecoder::new(vb.pp("get_modality_tokens"))?,
+            get_modality_tokens: decoder("get_modality_tokens")?,
             conv_down: conv3d(8 * c, TOKEN_DIM, Conv3dConfig::cube(1), vb.pp("conv_down"))?,
             present_weight,
         })
@@ -62,7 +71,7 @@ impl ModalityDistillation {
         &self.extra_fea
     }
 
-    /// The decoders whose feed-forward `layers.0.1` is never applied.
+    /// The three decoder layers (`get_modality_tokens`, `nonmiss_encode`, `miss_encode`).
     pub fn decoders(&self) -> [&TokenDecoder; 3] {
         [&self.get_modality_tokens, &self.nonmiss_encode, &self.miss_encode]
     }

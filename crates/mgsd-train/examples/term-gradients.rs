@@ -1,0 +1,357 @@
+//! Trains MGSD as `mgsd-train train` does and, every `--every` steps, back-propagates each loss
+//! term on its own and records its value and the L2 norm of its gradient per parameter group
+//! (U-Net, the modality level's extractor / conv_down / attention / feed-forward, the feature
+//! level's Mutiaxis heads, the discriminator) — `mgsd_distill::term_gradients`. One JSON object
+//! per measured step goes to `--out` (JSON Lines), with the L2 norm of each parameter group's
+//! weights; a summary per term goes to stdout. `bench/term_gradients_table.py` makes tables.
+//!
+//! ```text
+//! cargo run --release -p mgsd-train --example term-gradients -- \
+//!     [--config configs/demo.toml] [--steps 480] [--every 20] [--out terms.jsonl] \
+//!     [--run-dir runs/term-gradients] [--lr 1e-4] [--channels 16] [--patch 64,64,64] \
+//!     [--modality-attention prenorm] [--seed 0]
+//! ```
+//! The loop is the trainer's (same data pipeline, masks, Adam with poly decay, EMA teacher,
+//! discriminator step, the trainer's seeded initialisation); the measurement is taken on the
+//! step's own batch before the update and does not change the training. Not done: checkpoints
+//! and validation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use mgsd_distill::objective::{MgsdObjective, EMA_PREFIX, UNET_PREFIX};
+use mgsd_distill::{
+    param_group, term_gradients, MaskSampler, MaskSampling, ModalityAttention, ModalityMask,
+};
+use mgsd_io::labels::target_channels;
+use mgsd_io::ModalitySet;
+use mgsd_train::config::{Config, Sampler};
+use mgsd_train::data::{mix, stream, CaseStore, Loader, SampleSource};
+use mgsd_train::model::{mgsd_config, named_vars, DISCRIMINATOR_PREFIX};
+use mgsd_train::optim::{poly_lr, Adam, AdamConfig};
+use mgsd_train::train::{pipeline, resolve_data, steps_per_epoch};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const USAGE: &str = "usage: term-gradients [--config FILE] [--steps N] [--every K] [--out FILE] \
+[--run-dir DIR] [--lr LR] [--channels C] [--patch D,H,W] [--modality-attention reference|prenorm] \
+[--seed S]";
+
+struct Args {
+    config: Option<PathBuf>,
+    steps: Option<u64>,
+    every: u64,
+    out: PathBuf,
+    run_dir: PathBuf,
+    lr: Option<f64>,
+    channels: Option<usize>,
+    patch: Option<[usize; 3]>,
+    attention: Option<ModalityAttention>,
+    seed: Option<u64>,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args {
+        config: None,
+        steps: None,
+        every: 20,
+        out: PathBuf::from("term-gradients.jsonl"),
+        run_dir: PathBuf::from("runs/term-gradients"),
+        lr: None,
+        channels: None,
+        patch: None,
+        attention: None,
+        seed: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            bail!("{USAGE}");
+        }
+        let v = it.next().with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let bad = || format!("{flag} {v}: not a valid value\n{USAGE}");
+        match flag.as_str() {
+            "--config" => a.config = Some(PathBuf::from(&v)),
+            "--steps" => a.steps = Some(v.parse().with_context(bad)?),
+            "--every" => a.every = v.parse::<u64>().with_context(bad)?.max(1),
+            "--out" => a.out = PathBuf::from(&v),
+            "--run-dir" => a.run_dir = PathBuf::from(&v),
+            "--lr" => a.lr = Some(v.parse().with_context(bad)?),
+            "--channels" => a.channels = Some(v.parse().with_context(bad)?),
+            "--seed" => a.seed = Some(v.parse().with_context(bad)?),
+            "--patch" => {
+                let p: Vec<usize> = v
+                    .split(',')
+                    .map(|s| s.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .with_context(bad)?;
+                let Ok(p) = <[usize; 3]>::try_from(p) else { bail!("{}", bad()) };
+                a.patch = Some(p);
+            }
+            "--modality-attention" => {
+                a.attention = Some(match v.as_str() {
+                    "reference" => ModalityAttention::Reference,
+                    "prenorm" => ModalityAttention::Prenorm,
+                    _ => bail!("{}", bad()),
+                })
+            }
+            _ => bail!("unknown argument {flag}\n{USAGE}"),
+        }
+    }
+    Ok(a)
+}
+
+/// The trainer's initialisation (`train.rs`: `fresh_objective` / `seeded_init`), reproduced
+/// step for step so that this tool measures the run `mgsd-train train` makes: PyTorch's default
+/// `U(±1/√fan_in)` drawn from a ChaCha8 stream of the run seed, constants (GroupNorm 1/0) kept,
+/// `[model] output_bias` for student and teacher, teacher = student. The scale matters here:
+/// the reference's modality term has degree 32 in the attention weights' scale, and candle's own
+/// initialisation (Kaiming normal) would make it ~10¹² times larger than the trainer's.
+fn fresh_objective(
+    cfg: &Config,
+    mcfg: mgsd_distill::MgsdConfig,
+    with_d: bool,
+    device: &Device,
+) -> Result<MgsdObjective> {
+    let random = MgsdObjective::new(mcfg, device, with_d).context("building the MGSD model")?;
+    let mut all: Vec<(String, Tensor)> = named_vars(random.student_vars())?
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    if let Some(d) = random.discriminator_vars() {
+        all.extend(
+            named_vars(d)?
+                .into_iter()
+                .map(|(k, v)| (format!("{DISCRIMINATOR_PREFIX}{k}"), v.as_tensor().clone())),
+        );
+    }
+    let dims: HashMap<&str, Vec<usize>> =
+        all.iter().map(|(k, t)| (k.as_str(), t.dims().to_vec())).collect();
+    let init_seed = mix(cfg.train.seed, 0x1417);
+    let mut state = HashMap::new();
+    for (i, (name, t)) in all.iter().enumerate() {
+        let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        if v.len() > 1 && v.iter().all(|&x| x == v[0]) {
+            state.insert(name.clone(), t.clone());
+            continue;
+        }
+        let weight_dims = match name.strip_suffix(".bias") {
+            Some(stem) => dims.get(format!("{stem}.weight").as_str()).cloned(),
+            None => Some(t.dims().to_vec()),
+        };
+        let bound = match weight_dims {
+            Some(d) if d.len() >= 2 => {
+                1.0 / (d[1..].iter().product::<usize>().max(1) as f64).sqrt()
+            }
+            _ => v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(init_seed, i as u64));
+        let data: Vec<f32> = (0..v.len()).map(|_| rng.random_range(-bound..bound) as f32).collect();
+        state.insert(name.clone(), Tensor::from_vec(data, t.dims(), device)?);
+    }
+    if let Some(bias) = cfg.model.output_bias {
+        let key = format!("{UNET_PREFIX}.up1conv.bias");
+        let t = state.get(&key).with_context(|| format!("the model has no {key}"))?;
+        let prior = Tensor::full(bias, t.dims(), device)?;
+        state.insert(key, prior);
+    }
+    let teacher: Vec<(String, Tensor)> = state
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&format!("{UNET_PREFIX}."))
+                .map(|r| (format!("{EMA_PREFIX}.{r}"), v.clone()))
+        })
+        .collect();
+    state.extend(teacher);
+    let disc: HashMap<String, Tensor> = state
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(DISCRIMINATOR_PREFIX).map(|r| (r.to_string(), v.clone()))
+        })
+        .collect();
+    MgsdObjective::from_state(
+        mcfg,
+        &state,
+        with_d.then_some(&disc),
+        Path::new("<seeded initialisation>"),
+        device,
+    )
+    .context("initialising the MGSD model")
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+fn main() -> Result<()> {
+    let args = parse()?;
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::demo()?,
+    };
+    if let Some(lr) = args.lr {
+        cfg.train.lr = lr;
+    }
+    if let Some(c) = args.channels {
+        cfg.model.channels = c;
+    }
+    if let Some(p) = args.patch {
+        cfg.protocol.patch = p;
+    }
+    if let Some(m) = args.attention {
+        cfg.model.modality_attention = m;
+    }
+    if let Some(s) = args.seed {
+        cfg.train.seed = s;
+    }
+    cfg.validate()?;
+    let device = Device::Cpu;
+    std::fs::create_dir_all(&args.run_dir)
+        .with_context(|| format!("creating {}", args.run_dir.display()))?;
+    let splits = resolve_data(&cfg, &args.run_dir)?;
+    let seed = cfg.train.seed;
+    let source = Arc::new(SampleSource {
+        store: Arc::new(CaseStore::new(true, None)),
+        cases: splits.train.clone(),
+        pipeline: pipeline(&cfg.protocol),
+        seed,
+    });
+    let spe = steps_per_epoch(&cfg, splits.train.len());
+    let total = args.steps.unwrap_or(spe * cfg.train.epochs as u64);
+
+    let mcfg = mgsd_config(&cfg, mix(seed, stream::DROPOUT));
+    let with_d = cfg.loss.adversarial > 0.0;
+    let mut obj = fresh_objective(&cfg, mcfg, with_d, &device)?;
+    let adam = AdamConfig {
+        lr: cfg.train.lr,
+        betas: cfg.train.betas,
+        eps: 1e-8,
+        weight_decay: cfg.train.weight_decay,
+    };
+    let adam_d =
+        AdamConfig { lr: cfg.train.d_lr, betas: cfg.train.d_betas, eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = Adam::new(named_vars(obj.student_vars())?, adam)?;
+    let mut opt_d = obj
+        .discriminator_vars()
+        .map(named_vars)
+        .transpose()?
+        .map(|v| Adam::new(v, adam_d))
+        .transpose()?;
+    let mode = match cfg.train.sampler {
+        Sampler::Reference => MaskSampling::Reference,
+        Sampler::Uniform => MaskSampling::UniformSubsets,
+        Sampler::Fixed(set) => MaskSampling::Fixed {
+            mask: ModalityMask::new(set.channel_mask(&mgsd_io::ACN_CHANNEL_ORDER))?,
+        },
+    };
+
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?,
+    );
+    let [pd, ph, pw] = cfg.protocol.patch;
+    let batch = cfg.train.batch;
+    // term → (max value, max |grad| on the U-Net, max |grad| on any MMD group) over the run.
+    let mut summary: BTreeMap<String, [f64; 3]> = BTreeMap::new();
+    let t0 = Instant::now();
+    let mut step = 0u64;
+    while step < total {
+        let epoch = (step / spe) as usize;
+        let lr = poly_lr(cfg.train.lr, epoch, cfg.train.epochs, cfg.train.lr_power);
+        opt.set_lr(lr);
+        let first = step % spe;
+        let mut loader = Loader::start(
+            source.clone(),
+            epoch,
+            ((first as usize) * batch, (spe as usize) * batch),
+            1,
+            4,
+        );
+        for _ in first..spe {
+            if step >= total {
+                break;
+            }
+            let mut xs = Vec::with_capacity(batch * 4 * pd * ph * pw);
+            let mut ys = Vec::with_capacity(batch * 3 * pd * ph * pw);
+            for _ in 0..batch {
+                let s = loader.next_sample().context("the data loader ended early")??;
+                xs.extend_from_slice(&s.image);
+                ys.extend(target_channels(&s.labels));
+            }
+            let x = Tensor::from_vec(xs, (batch, 4, pd, ph, pw), &device)?;
+            let y = Tensor::from_vec(ys, (batch, 3, pd, ph, pw), &device)?;
+            let mask = MaskSampler::new(mode, mix(mix(seed, stream::MASK), step)).draw();
+            let terms = obj.step_losses(&x, &y, &mask, true)?;
+            if step.is_multiple_of(args.every) || step + 1 == total {
+                let tg = term_gradients(&obj, &terms)?;
+                for (term, norms) in &tg.norms {
+                    let e = summary.entry(term.clone()).or_insert([0.0; 3]);
+                    e[0] = e[0].max(tg.values[term].abs());
+                    e[1] = e[1].max(norms["unet"]);
+                    let mmd = norms
+                        .iter()
+                        .filter(|(g, _)| g.starts_with("mmd_"))
+                        .fold(0f64, |m, (_, v)| m.max(*v));
+                    e[2] = e[2].max(mmd);
+                }
+                // L2 norm of each parameter group's weights: does the optimiser shrink a head?
+                let mut param_sq: BTreeMap<&str, f64> = BTreeMap::new();
+                for (k, v) in named_vars(obj.student_vars())? {
+                    let sq = v.as_tensor().sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                    *param_sq.entry(param_group(&k)).or_default() += sq;
+                }
+                let param_norms: BTreeMap<&str, f64> =
+                    param_sq.into_iter().map(|(k, s)| (k, s.sqrt())).collect();
+                let subset =
+                    ModalitySet::from_channel_mask(&mask.values(), &mgsd_io::ACN_CHANNEL_ORDER);
+                let line = serde_json::json!({
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": lr,
+                    "subset": subset.to_string(),
+                    "values": tg.values,
+                    "weights": tg.weights,
+                    "grad_norms": tg.norms,
+                    "param_norms": param_norms,
+                });
+                writeln!(out, "{line}").context("writing the measurements")?;
+                out.flush().context("writing the measurements")?;
+                eprintln!(
+                    "step {step:>5} ({:.0}s): modality {:.3e}, |∇unet| modality {:.3e} vs sup_miss {:.3e}",
+                    t0.elapsed().as_secs_f64(),
+                    tg.values["modality"],
+                    tg.norms["modality"]["unet"],
+                    tg.norms["sup_miss"]["unet"]
+                );
+            }
+            let total_loss = scalar(&terms.total)?;
+            if !total_loss.is_finite() {
+                bail!("the loss is not finite at step {}", step + 1);
+            }
+            let grads = terms.total.backward()?;
+            opt.step(&grads)?;
+            obj.update_teacher(step)?;
+            if let (Some(o), Some(l)) = (opt_d.as_mut(), obj.discriminator_loss(&terms)?) {
+                if scalar(&l)?.is_finite() {
+                    o.step(&l.backward()?)?;
+                }
+            }
+            step += 1;
+        }
+    }
+    println!(
+        "{step} steps in {:.1} min; measurements in {}",
+        t0.elapsed().as_secs_f64() / 60.0,
+        args.out.display()
+    );
+    println!("{:<10} {:>12} {:>14} {:>14}", "term", "max |value|", "max |∇ U-Net|", "max |∇ MMD|");
+    for (term, [v, u, m]) in &summary {
+        println!("{term:<10} {v:>12.3e} {u:>14.3e} {m:>14.3e}");
+    }
+    Ok(())
+}
