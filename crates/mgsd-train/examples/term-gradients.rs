@@ -16,15 +16,14 @@
 //! step's own batch before the update and does not change the training. Not done: checkpoints
 //! and validation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use mgsd_distill::objective::{MgsdObjective, EMA_PREFIX, UNET_PREFIX};
 use mgsd_distill::{
     param_group, term_gradients, MaskSampler, MaskSampling, ModalityAttention, ModalityMask,
 };
@@ -32,11 +31,10 @@ use mgsd_io::labels::target_channels;
 use mgsd_io::ModalitySet;
 use mgsd_train::config::{Config, Sampler};
 use mgsd_train::data::{mix, stream, CaseStore, Loader, SampleSource};
-use mgsd_train::model::{mgsd_config, named_vars, DISCRIMINATOR_PREFIX};
+use mgsd_train::model::named_vars;
 use mgsd_train::optim::{poly_lr, Adam, AdamConfig};
-use mgsd_train::train::{pipeline, resolve_data, steps_per_epoch};
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use mgsd_train::protocol::train_pipeline;
+use mgsd_train::train::{fresh_objective, resolve_data, steps_per_epoch};
 
 const USAGE: &str = "usage: term-gradients [--config FILE] [--steps N] [--every K] [--out FILE] \
 [--run-dir DIR] [--lr LR] [--channels C] [--patch D,H,W] [--modality-attention reference|prenorm] \
@@ -106,84 +104,6 @@ fn parse() -> Result<Args> {
     Ok(a)
 }
 
-/// The trainer's initialisation (`train.rs`: `fresh_objective` / `seeded_init`), reproduced
-/// step for step so that this tool measures the run `mgsd-train train` makes: PyTorch's default
-/// `U(±1/√fan_in)` drawn from a ChaCha8 stream of the run seed, constants (GroupNorm 1/0) kept,
-/// `[model] output_bias` for student and teacher, teacher = student. The scale matters here:
-/// the reference's modality term has degree 32 in the attention weights' scale, and candle's own
-/// initialisation (Kaiming normal) would make it ~10¹² times larger than the trainer's.
-fn fresh_objective(
-    cfg: &Config,
-    mcfg: mgsd_distill::MgsdConfig,
-    with_d: bool,
-    device: &Device,
-) -> Result<MgsdObjective> {
-    let random = MgsdObjective::new(mcfg, device, with_d).context("building the MGSD model")?;
-    let mut all: Vec<(String, Tensor)> = named_vars(random.student_vars())?
-        .into_iter()
-        .map(|(k, v)| (k, v.as_tensor().clone()))
-        .collect();
-    if let Some(d) = random.discriminator_vars() {
-        all.extend(
-            named_vars(d)?
-                .into_iter()
-                .map(|(k, v)| (format!("{DISCRIMINATOR_PREFIX}{k}"), v.as_tensor().clone())),
-        );
-    }
-    let dims: HashMap<&str, Vec<usize>> =
-        all.iter().map(|(k, t)| (k.as_str(), t.dims().to_vec())).collect();
-    let init_seed = mix(cfg.train.seed, 0x1417);
-    let mut state = HashMap::new();
-    for (i, (name, t)) in all.iter().enumerate() {
-        let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        if v.len() > 1 && v.iter().all(|&x| x == v[0]) {
-            state.insert(name.clone(), t.clone());
-            continue;
-        }
-        let weight_dims = match name.strip_suffix(".bias") {
-            Some(stem) => dims.get(format!("{stem}.weight").as_str()).cloned(),
-            None => Some(t.dims().to_vec()),
-        };
-        let bound = match weight_dims {
-            Some(d) if d.len() >= 2 => {
-                1.0 / (d[1..].iter().product::<usize>().max(1) as f64).sqrt()
-            }
-            _ => v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64,
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(mix(init_seed, i as u64));
-        let data: Vec<f32> = (0..v.len()).map(|_| rng.random_range(-bound..bound) as f32).collect();
-        state.insert(name.clone(), Tensor::from_vec(data, t.dims(), device)?);
-    }
-    if let Some(bias) = cfg.model.output_bias {
-        let key = format!("{UNET_PREFIX}.up1conv.bias");
-        let t = state.get(&key).with_context(|| format!("the model has no {key}"))?;
-        let prior = Tensor::full(bias, t.dims(), device)?;
-        state.insert(key, prior);
-    }
-    let teacher: Vec<(String, Tensor)> = state
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(&format!("{UNET_PREFIX}."))
-                .map(|r| (format!("{EMA_PREFIX}.{r}"), v.clone()))
-        })
-        .collect();
-    state.extend(teacher);
-    let disc: HashMap<String, Tensor> = state
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(DISCRIMINATOR_PREFIX).map(|r| (r.to_string(), v.clone()))
-        })
-        .collect();
-    MgsdObjective::from_state(
-        mcfg,
-        &state,
-        with_d.then_some(&disc),
-        Path::new("<seeded initialisation>"),
-        device,
-    )
-    .context("initialising the MGSD model")
-}
-
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
 }
@@ -218,15 +138,16 @@ fn main() -> Result<()> {
     let source = Arc::new(SampleSource {
         store: Arc::new(CaseStore::new(true, None)),
         cases: splits.train.clone(),
-        pipeline: pipeline(&cfg.protocol),
+        pipeline: train_pipeline(&cfg.protocol),
         seed,
     });
     let spe = steps_per_epoch(&cfg, splits.train.len());
     let total = args.steps.unwrap_or(spe * cfg.train.epochs as u64);
 
-    let mcfg = mgsd_config(&cfg, mix(seed, stream::DROPOUT));
-    let with_d = cfg.loss.adversarial > 0.0;
-    let mut obj = fresh_objective(&cfg, mcfg, with_d, &device)?;
+    // The trainer's own initialisation: the reference's modality term has degree 32 in the
+    // attention weights' scale, so only the run `mgsd-train train` makes is worth measuring
+    // (candle's default initialisation would make the term ~10¹² times larger).
+    let mut obj = fresh_objective(&cfg, &device, mix(seed, stream::DROPOUT))?;
     let adam = AdamConfig {
         lr: cfg.train.lr,
         betas: cfg.train.betas,

@@ -32,6 +32,7 @@ mod trainer;
 
 pub use metrics_log::{draw_curves, METRICS_HEADER};
 pub use sources::resolve_data;
+pub use state::fresh_objective;
 
 use crate::config::Config;
 use crate::data::Splits;

@@ -54,7 +54,14 @@ fn seeded_init(vars: &[(String, Tensor)], seed: u64) -> Result<HashMap<String, T
 }
 
 /// A fresh objective with seeded weights; the teacher equals the student.
-fn fresh_objective(cfg: &Config, device: &Device, dropout_seed: u64) -> Result<MgsdObjective> {
+/// The objective a new run starts from: seeded weights (see [`seeded_init`]), `[model]
+/// output_bias` applied, the teacher equal to the student, the first dropout seed
+/// `dropout_seed`. Tools that must measure exactly the run `mgsd-train train` makes (the
+/// `term-gradients` example) start from it too.
+///
+/// # Errors
+/// A model that cannot be built for `cfg`.
+pub fn fresh_objective(cfg: &Config, device: &Device, dropout_seed: u64) -> Result<MgsdObjective> {
     let mcfg = mgsd_config(cfg, dropout_seed);
     let with_d = cfg.loss.adversarial > 0.0;
     let random = MgsdObjective::new(mcfg, device, with_d).context("building the MGSD model")?;
