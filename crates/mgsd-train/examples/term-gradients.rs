@@ -27,14 +27,13 @@ use candle_core::{Device, Tensor};
 use mgsd_distill::{
     param_group, term_gradients, MaskSampler, MaskSampling, ModalityAttention, ModalityMask,
 };
-use mgsd_io::labels::target_channels;
 use mgsd_io::ModalitySet;
 use mgsd_train::config::{Config, Sampler};
 use mgsd_train::data::{mix, stream, CaseStore, Loader, SampleSource};
 use mgsd_train::model::named_vars;
 use mgsd_train::optim::{poly_lr, Adam, AdamConfig};
 use mgsd_train::protocol::train_pipeline;
-use mgsd_train::train::{fresh_objective, resolve_data, steps_per_epoch};
+use mgsd_train::train::{fresh_objective, next_batch, resolve_data, steps_per_epoch};
 
 const USAGE: &str = "usage: term-gradients [--config FILE] [--steps N] [--every K] [--out FILE] \
 [--run-dir DIR] [--lr LR] [--channels C] [--patch D,H,W] [--modality-attention reference|prenorm] \
@@ -175,7 +174,6 @@ fn main() -> Result<()> {
         std::fs::File::create(&args.out)
             .with_context(|| format!("creating {}", args.out.display()))?,
     );
-    let [pd, ph, pw] = cfg.protocol.patch;
     let batch = cfg.train.batch;
     // term → (max value, max |grad| on the U-Net, max |grad| on any MMD group) over the run.
     let mut summary: BTreeMap<String, [f64; 3]> = BTreeMap::new();
@@ -197,15 +195,7 @@ fn main() -> Result<()> {
             if step >= total {
                 break;
             }
-            let mut xs = Vec::with_capacity(batch * 4 * pd * ph * pw);
-            let mut ys = Vec::with_capacity(batch * 3 * pd * ph * pw);
-            for _ in 0..batch {
-                let s = loader.next_sample().context("the data loader ended early")??;
-                xs.extend_from_slice(&s.image);
-                ys.extend(target_channels(&s.labels));
-            }
-            let x = Tensor::from_vec(xs, (batch, 4, pd, ph, pw), &device)?;
-            let y = Tensor::from_vec(ys, (batch, 3, pd, ph, pw), &device)?;
+            let (x, y) = next_batch(&mut loader, batch, cfg.protocol.patch, &device)?;
             let mask = MaskSampler::new(mode, mix(mix(seed, stream::MASK), step)).draw();
             let terms = obj.step_losses(&x, &y, &mask, true)?;
             if step.is_multiple_of(args.every) || step + 1 == total {

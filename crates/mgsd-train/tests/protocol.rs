@@ -2,6 +2,8 @@
 //! inference protocols, whole-brain prediction, patch checks — and the README's
 //! train → eval → predict sequence, run as written through the binary.
 
+mod support;
+
 use candle_core::Device;
 use mgsd_io::{read_volume, SynthConfig};
 use mgsd_train::config::Config;
@@ -203,32 +205,9 @@ fn readme_train_eval_predict_runs_as_written() {
     assert!(ok, "--part val knowingly: {stderr}");
 }
 
-/// Two synthetic 30 × 26 × 25 training cases, one epoch of one step, c = 8, `patch`.
-fn synthetic_config(run_dir: &Path, patch: [usize; 3]) -> Config {
-    let text = format!(
-        r#"
-[data.synthetic]
-train_cases = 2
-test_cases = 1
-shape = [30, 26, 25]
-[protocol]
-patch = {patch:?}
-[model]
-channels = 8
-[train]
-epochs = 1
-steps_per_epoch = 1
-[run]
-dir = "{}"
-"#,
-        run_dir.display()
-    );
-    Config::from_toml(&text, "test").unwrap()
-}
-
 /// A trained tiny checkpoint (24³ patches) and the case folder of a wide case (70 × 30 × 26).
 fn tiny_checkpoint_and_wide_case(dir: &Path) -> (PathBuf, PathBuf) {
-    train(&synthetic_config(&dir.join("run"), [24; 3]), &RunOptions::default()).unwrap();
+    train(&support::synthetic_config(&dir.join("run"), [24; 3]), &RunOptions::default()).unwrap();
     let wide = cases(&dir.join("wide"), 1, [70, 30, 26]);
     (dir.join("run").join(files::LAST), wide[0].clone())
 }
@@ -300,7 +279,7 @@ fn predict_covers_the_whole_brain_and_a_centre_window_says_what_it_drops() {
 #[test]
 fn a_patch_larger_than_every_training_volume_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = synthetic_config(&dir.path().join("run"), [24, 32, 24]);
+    let cfg = support::synthetic_config(&dir.path().join("run"), [24, 32, 24]);
     let e = format!("{:#}", train(&cfg, &RunOptions::default()).unwrap_err());
     assert!(e.contains("axis 1 (y)") && e.contains("Brats18_SYN_"), "{e}");
     assert!(!dir.path().join("run").join(files::LAST).exists());

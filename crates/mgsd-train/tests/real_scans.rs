@@ -3,11 +3,12 @@
 //! modalities; grid mismatches that say why; logs without colour codes when not on a terminal.
 //! Hermetic: a tiny checkpoint is trained once and cases are generated in temporary folders.
 
+mod support;
+
 use candle_core::Device;
 use mgsd_io::nifti::{write_volume, OutputType};
 use mgsd_io::synth::oblique_copy;
 use mgsd_io::{read_volume, Case, Modality, SynthConfig, Synthesizer, Volume};
-use mgsd_train::config::Config;
 use mgsd_train::predict::{predict, PredictOptions};
 use mgsd_train::protocol::ProtocolArgs;
 use mgsd_train::scans::GridOptions;
@@ -25,28 +26,7 @@ fn checkpoint() -> &'static Path {
     CKPT.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("real_scans_ckpt");
         let _ = std::fs::remove_dir_all(&dir);
-        let cfg = Config::from_toml(
-            &format!(
-                r#"
-[data.synthetic]
-train_cases = 2
-test_cases = 1
-shape = [30, 26, 25]
-[protocol]
-patch = [24, 24, 24]
-[model]
-channels = 8
-[train]
-epochs = 1
-steps_per_epoch = 1
-[run]
-dir = "{}"
-"#,
-                dir.join("run").display()
-            ),
-            "test",
-        )
-        .unwrap();
+        let cfg = support::synthetic_config(&dir.join("run"), [24; 3]);
         train(&cfg, &RunOptions::default()).unwrap();
         dir.join("run").join(files::LAST)
     })

@@ -35,8 +35,10 @@ pub use sources::resolve_data;
 pub use state::fresh_objective;
 
 use crate::config::Config;
-use crate::data::Splits;
-use anyhow::Result;
+use crate::data::{Loader, Splits};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use mgsd_io::labels::target_channels;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -126,6 +128,30 @@ pub fn git_commit() -> String {
 /// Steps per epoch of a configuration with `n_train` training cases.
 pub fn steps_per_epoch(cfg: &Config, n_train: usize) -> u64 {
     cfg.train.steps_per_epoch.unwrap_or_else(|| n_train.div_ceil(cfg.train.batch).max(1)) as u64
+}
+
+/// The loader's next `batch` samples as input `(B, 4, patch)` and target `(B, 3, patch)`
+/// tensors (the target channels ED, NCR/NET, ET of MGSD-SPEC §1).
+///
+/// # Errors
+/// A loader that ended early or failed to prepare a sample; tensor errors.
+pub fn next_batch(
+    loader: &mut Loader,
+    batch: usize,
+    patch: [usize; 3],
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let [pd, ph, pw] = patch;
+    let mut xs = Vec::with_capacity(batch * 4 * pd * ph * pw);
+    let mut ys = Vec::with_capacity(batch * 3 * pd * ph * pw);
+    for _ in 0..batch {
+        let s = loader.next_sample().context("the data loader ended early")??;
+        xs.extend_from_slice(&s.image);
+        ys.extend(target_channels(&s.labels));
+    }
+    let x = Tensor::from_vec(xs, (batch, 4, pd, ph, pw), device)?;
+    let y = Tensor::from_vec(ys, (batch, 3, pd, ph, pw), device)?;
+    Ok((x, y))
 }
 
 /// Trains according to `cfg` (or resumes `opts.resume`).

@@ -8,17 +8,16 @@
 use super::metrics_log::{draw_curves, truncate_metrics, MetricsLog};
 use super::sources::resolve_data;
 use super::state::{sampler_mode, State};
-use super::{files, git_commit, steps_per_epoch, RunOptions, StopReason, TrainOutcome};
+use super::{files, git_commit, next_batch, steps_per_epoch, RunOptions, StopReason, TrainOutcome};
 use crate::config::{open_device, parse_device, set_precision, Config};
 use crate::data::{mix, stream, CaseStore, Loader, SampleSource, Splits};
 use crate::eval::{evaluate, EvalSettings};
 use crate::optim::poly_lr;
 use crate::protocol::{check_patch_fits, train_pipeline};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use mgsd_distill::{MaskSampler, MaskSampling};
-use mgsd_io::labels::target_channels;
 use mgsd_io::ModalitySet;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -203,7 +202,7 @@ impl<'a> Trainer<'a> {
             return Ok(AfterStep::Stop(StopReason::Interrupted));
         }
         let t_step = Instant::now();
-        let (x, y) = self.next_batch(loader)?;
+        let (x, y) = next_batch(loader, cfg.train.batch, cfg.protocol.patch, &self.device)?;
         let seed = cfg.train.seed;
         let mask = MaskSampler::new(self.mode, mix(mix(seed, stream::MASK), self.st.step)).draw();
         let terms = self.st.obj.step_losses(&x, &y, &mask, true)?;
@@ -270,22 +269,6 @@ impl<'a> Trainer<'a> {
             return Ok(AfterStep::Stop(StopReason::TimeBudget));
         }
         Ok(AfterStep::Continue)
-    }
-
-    /// The next `batch` samples as input `(B, 4, patch)` and target `(B, 3, patch)` tensors.
-    fn next_batch(&mut self, loader: &mut Loader) -> Result<(Tensor, Tensor)> {
-        let batch = self.cfg.train.batch;
-        let [pd, ph, pw] = self.cfg.protocol.patch;
-        let mut xs = Vec::with_capacity(batch * 4 * pd * ph * pw);
-        let mut ys = Vec::with_capacity(batch * 3 * pd * ph * pw);
-        for _ in 0..batch {
-            let s = loader.next_sample().context("the data loader ended early")??;
-            xs.extend_from_slice(&s.image);
-            ys.extend(target_channels(&s.labels));
-        }
-        let x = Tensor::from_vec(xs, (batch, 4, pd, ph, pw), &self.device)?;
-        let y = Tensor::from_vec(ys, (batch, 3, pd, ph, pw), &self.device)?;
-        Ok((x, y))
     }
 
     fn past_deadline(&self) -> bool {
