@@ -398,6 +398,17 @@ impl MgsdObjective {
         Ok(a)
     }
 
+    /// Makes the next training step draw the dropout seeds of micro-batch `index`:
+    /// `seed + DROPOUT_SEEDS_PER_STEP · index` onwards. A trainer that runs several
+    /// micro-batches per optimiser step (gradient accumulation, or one per rank) numbers them
+    /// `step · M + m`, so that every micro-batch gets the seeds it would get as its own step,
+    /// whichever process computes it; with one micro-batch per step this is the counter's own
+    /// position.
+    pub fn seek_dropout_seeds(&self, index: u64) {
+        self.next_seed
+            .store(self.cfg.seed.wrapping_add(DROPOUT_SEEDS_PER_STEP * index), Ordering::Relaxed);
+    }
+
     /// The next dropout seed in training mode (see [`DROPOUT_SEEDS_PER_STEP`]).
     fn seed(&self, train: bool) -> Option<u64> {
         train.then(|| self.next_seed.fetch_add(1, Ordering::Relaxed))

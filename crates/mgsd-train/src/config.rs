@@ -360,6 +360,55 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Stop after this many minutes of training (checkpointing first); `None` = no limit.
     pub max_minutes: Option<f64>,
+    /// Micro-batches of `batch` cases whose gradients are averaged before each optimiser step
+    /// (gradient accumulation; `mgsd-train train --accumulate N`). Each rank of a data-parallel
+    /// run accumulates this many, so the effective batch is `batch × world size × accumulate`.
+    /// Like the world size it may change on resume (the run says what changes), so it is not
+    /// part of the training hash.
+    #[serde(default = "default_accumulate", skip_serializing_if = "is_one")]
+    pub accumulate: usize,
+    /// How the learning rate follows the effective batch `B = batch × world × accumulate`
+    /// relative to `batch`: `none` (default: `lr` as written), `linear` (`lr · B / batch`,
+    /// Goyal et al. 2017) or `sqrt` (`lr · √(B / batch)`).
+    #[serde(default, skip_serializing_if = "LrScaling::is_none")]
+    pub lr_scaling: LrScaling,
+}
+
+/// How the learning rate follows the effective batch (`[train] lr_scaling`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScaling {
+    /// The configured learning rate, whatever the effective batch.
+    #[default]
+    None,
+    /// Proportional to the effective batch.
+    Linear,
+    /// Proportional to the square root of the effective batch.
+    Sqrt,
+}
+
+impl LrScaling {
+    fn is_none(&self) -> bool {
+        *self == LrScaling::None
+    }
+
+    /// The factor applied to `[train] lr` when `micro_batches` micro-batches (ranks ×
+    /// accumulation) make one optimiser step.
+    pub fn factor(self, micro_batches: usize) -> f64 {
+        let m = micro_batches.max(1) as f64;
+        match self {
+            LrScaling::None => 1.0,
+            LrScaling::Linear => m,
+            LrScaling::Sqrt => m.sqrt(),
+        }
+    }
+}
+
+fn default_accumulate() -> usize {
+    1
+}
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 fn default_epochs() -> usize {
@@ -407,6 +456,8 @@ impl Default for TrainConfig {
             val_every: default_val_every(),
             seed: 0,
             max_minutes: None,
+            accumulate: default_accumulate(),
+            lr_scaling: LrScaling::None,
         }
     }
 }
@@ -482,6 +533,11 @@ pub struct RunConfig {
     /// Bounded queue length between loaders and the trainer.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// In a data-parallel run, compare a checksum of every rank's parameters (student,
+    /// teacher, discriminator) every this many steps and stop with an error if they differ;
+    /// 0 = never. Single-process runs never check.
+    #[serde(default = "default_checksum_every")]
+    pub checksum_every: u64,
 }
 
 fn default_run_dir() -> PathBuf {
@@ -496,6 +552,9 @@ fn default_workers() -> usize {
 fn default_queue() -> usize {
     4
 }
+fn default_checksum_every() -> u64 {
+    100
+}
 
 impl Default for RunConfig {
     fn default() -> Self {
@@ -505,6 +564,7 @@ impl Default for RunConfig {
             precision: ConvPrecision::default(),
             workers: default_workers(),
             queue: default_queue(),
+            checksum_every: default_checksum_every(),
         }
     }
 }
@@ -592,6 +652,9 @@ impl Config {
         if t.epochs == 0 {
             bail!("[train] epochs must be at least 1");
         }
+        if t.accumulate == 0 {
+            bail!("[train] accumulate must be at least 1");
+        }
         if t.batch == 0 {
             bail!("[train] batch must be at least 1");
         }
@@ -652,6 +715,8 @@ impl Config {
         let mut c = self.clone();
         c.run = RunConfig::default();
         c.train.max_minutes = None;
+        // Like the world size, the accumulation may change on resume (checkpoint metadata).
+        c.train.accumulate = 1;
         c.data.cache = None;
         // How held-out cases are inferred does not change training.
         c.protocol.blend = Blend::default();

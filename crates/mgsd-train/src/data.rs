@@ -484,7 +484,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// Background loader of one epoch's samples `start..end`.
+/// Background loader of some of one epoch's samples, in a given order.
 #[derive(Debug)]
 pub struct Loader {
     receivers: Vec<Receiver<Result<TrainSample>>>,
@@ -504,26 +504,37 @@ impl Loader {
         workers: usize,
         queue: usize,
     ) -> Self {
+        Self::start_indices(source, epoch, (start..end).collect(), workers, queue)
+    }
+
+    /// Starts `workers` threads preparing the samples `indices` of `epoch` (delivered in that
+    /// order) from `source`, each with a bounded queue of `queue` samples. A rank of a
+    /// data-parallel run loads only its own share of the epoch this way.
+    pub fn start_indices(
+        source: Arc<SampleSource>,
+        epoch: usize,
+        indices: Vec<usize>,
+        workers: usize,
+        queue: usize,
+    ) -> Self {
         let workers = workers.max(1);
+        let indices = Arc::new(indices);
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
             let (tx, rx) = sync_channel(queue.max(1));
             let source = source.clone();
-            let first = start + (w + workers - start % workers) % workers;
+            let indices = indices.clone();
             handles.push(std::thread::spawn(move || {
-                let mut i = first;
-                while i < end {
-                    let s = source.prepare(epoch, i);
-                    if tx.send(s).is_err() {
+                for &i in indices.iter().skip(w).step_by(workers) {
+                    if tx.send(source.prepare(epoch, i)).is_err() {
                         return; // the trainer stopped listening
                     }
-                    i += workers;
                 }
             }));
             receivers.push(rx);
         }
-        Loader { receivers, handles, next: start, end, waited: Duration::ZERO }
+        Loader { receivers, handles, next: 0, end: indices.len(), waited: Duration::ZERO }
     }
 
     /// The next sample, in order; `None` after the last. Time spent blocked is accumulated.

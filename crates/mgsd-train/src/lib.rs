@@ -30,6 +30,7 @@ pub mod checkpoint;
 pub mod compare;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod eval;
 pub mod eval_tables;
 pub mod heatmap;

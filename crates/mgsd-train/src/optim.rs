@@ -90,6 +90,17 @@ impl Adam {
         self.slots.iter().map(|s| s.name.as_str())
     }
 
+    /// The optimised variables, in the optimiser's (name) order: the order of the gradient
+    /// lists [`Adam::step_with`] takes.
+    pub fn vars(&self) -> Vec<Var> {
+        self.slots.iter().map(|s| s.var.clone()).collect()
+    }
+
+    /// The gradients of [`Adam::vars`] in `grads`, in the same order (`None`: no gradient).
+    pub fn gradients(&self, grads: &GradStore) -> Vec<Option<Tensor>> {
+        self.slots.iter().map(|s| grads.get(s.var.as_tensor()).cloned()).collect()
+    }
+
     /// One Adam step from the gradients in `grads`. Variables without a gradient are left
     /// untouched (PyTorch skips parameters whose `.grad` is `None`), but the step counter is
     /// shared, as PyTorch's per-parameter counters are when every parameter gets a gradient.
@@ -97,14 +108,31 @@ impl Adam {
     /// # Errors
     /// Tensor errors (shape or device mismatch between a gradient and its variable).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let grads = self.gradients(grads);
+        self.step_with(&grads)
+    }
+
+    /// [`Adam::step`] with the gradients as a list in [`Adam::vars`] order (accumulated over
+    /// micro-batches, or averaged over ranks).
+    ///
+    /// # Errors
+    /// A list of the wrong length; tensor errors.
+    pub fn step_with(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            candle_core::bail!(
+                "Adam::step_with: {} gradients for {} variables",
+                grads.len(),
+                self.slots.len()
+            )
+        }
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = self.cfg.betas;
         let bc1 = 1.0 - b1.powi(t);
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let step_size = self.cfg.lr / bc1;
-        for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let Some(g) = g else { continue };
             // Detached: an expression on the variable itself would be recorded for autograd, and
             // the moments would then chain every previous step's tensors (a memory leak).
             let p = slot.var.as_tensor().detach();

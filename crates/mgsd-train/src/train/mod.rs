@@ -19,6 +19,12 @@
 //! (weights and optimisers: fresh, resumed, saved), `metrics_log.rs` (`metrics.csv`,
 //! `curves.png`), `sources.rs` (cases and splits).
 //!
+//! # Several processes
+//! [`train_with`] runs the same loop as one rank of a [`Collective`]: the epoch's samples are
+//! shared out by rank, the gradients averaged over ranks before each step (`[train]
+//! accumulate` does the same over micro-batches in one process), and only rank 0 writes the run
+//! directory. See [`crate::distributed`].
+//!
 //! # Faults
 //! A non-finite loss stops the run before the step is applied, with a message naming the step
 //! and the terms; the last checkpoint on disk (from the end of the previous epoch) is kept.
@@ -36,6 +42,7 @@ pub use state::fresh_objective;
 
 use crate::config::Config;
 use crate::data::{Loader, Splits};
+use crate::distributed::{Collective, SingleProcess};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use mgsd_io::labels::target_channels;
@@ -76,6 +83,9 @@ pub struct RunOptions {
     pub kill_after: Option<u64>,
     /// For tests: raise [`RunOptions::stop`] after this many steps (global), as a Ctrl-C would.
     pub interrupt_after: Option<u64>,
+    /// Fault injection for tests: this process's step N (1-based) fails with an error, as a
+    /// crashing rank would.
+    pub fail_at: Option<u64>,
 }
 
 /// Why training ended.
@@ -110,6 +120,9 @@ pub struct TrainOutcome {
     pub data_wait: f64,
     /// The held-out cases (for the final evaluation).
     pub splits: Splits,
+    /// Checksums of the final student, teacher, discriminator and optimiser state (identical on
+    /// every rank of a data-parallel run).
+    pub checksums: Vec<(String, f64)>,
 }
 
 /// `git rev-parse HEAD`, or "unknown".
@@ -160,5 +173,23 @@ pub fn next_batch(
 /// Bad data, a mismatched checkpoint or configuration, a non-finite loss (after which the last
 /// checkpoint on disk is the previous good one), I/O errors — each naming the file or step.
 pub fn train(cfg: &Config, opts: &RunOptions) -> Result<TrainOutcome> {
-    trainer::Trainer::open(cfg, opts)?.run()
+    train_with(cfg, opts, Arc::new(SingleProcess))
+}
+
+/// [`train`] as one rank of `comm` (data parallelism: see [`crate::distributed`]). Every rank
+/// calls it with the same configuration; rank 0 writes the run directory. An error on this
+/// rank is passed to the others ([`Collective::abort`]) before it is returned.
+///
+/// # Errors
+/// As [`train`], and any other rank's failure.
+pub fn train_with(
+    cfg: &Config,
+    opts: &RunOptions,
+    comm: Arc<dyn Collective>,
+) -> Result<TrainOutcome> {
+    let result = trainer::Trainer::open(cfg, opts, comm.clone()).and_then(trainer::Trainer::run);
+    if let Err(e) = &result {
+        comm.abort(&format!("rank {}: {e:#}", comm.rank()));
+    }
+    result
 }

@@ -3,12 +3,13 @@
 //! restored from `last.safetensors` and saved.
 
 use super::{files, git_commit};
-use crate::checkpoint::{self, Meta};
+use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::config::Config;
 use crate::data::{mix, stream};
+use crate::distributed::{Collective, Sharding};
 use crate::model::{
     mgsd_config, named_vars, objective_from_checkpoint, weight_tensors, DISCRIMINATOR_PREFIX,
-    DROPOUT_SEEDS_PER_STEP, OPTIM_D_PREFIX, OPTIM_PREFIX,
+    OPTIM_D_PREFIX, OPTIM_PREFIX,
 };
 use crate::optim::{Adam, AdamConfig};
 use anyhow::{bail, Context, Result};
@@ -127,6 +128,21 @@ pub(super) struct State {
     pub opt_d: Option<Adam>,
     pub step: u64,
     pub best: Option<f64>,
+    /// Micro-batches per step (world size × accumulation) of the run that saved this state
+    /// (1 for a fresh state and for checkpoints that do not say).
+    pub saved_micro_batches: usize,
+}
+
+/// Checkpoint metadata key of the micro-batches per step (world size × accumulation).
+const MICRO_BATCHES_KEY: &str = "micro_batches_per_step";
+
+/// The counters a state is restored with.
+struct Counters {
+    step: u64,
+    optim_step: u64,
+    optim_d_step: u64,
+    best: Option<f64>,
+    micro_batches: usize,
 }
 
 /// The two optimisers' hyper-parameters.
@@ -144,13 +160,12 @@ impl State {
         let obj = fresh_objective(cfg, device, mix(cfg.train.seed, stream::DROPOUT))?;
         let opt = Adam::new(named_vars(obj.student_vars())?, adam)?;
         let opt_d = discriminator_named(&obj)?.map(|v| Adam::new(v, adam_d)).transpose()?;
-        Ok(State { obj, opt, opt_d, step: 0, best: None })
+        Ok(State { obj, opt, opt_d, step: 0, best: None, saved_micro_batches: 1 })
     }
 
     /// The state saved in `last` (a run's `last.safetensors`), refusing a checkpoint made with
     /// another training configuration.
     pub fn resume(cfg: &Config, last: &Path, run_dir: &Path, device: &Device) -> Result<State> {
-        let (adam, adam_d) = adam_configs(cfg);
         let ckpt = checkpoint::load(last, device)
             .with_context(|| format!("resuming {}: no usable checkpoint", run_dir.display()))?;
         let meta = ckpt.meta()?.clone();
@@ -164,43 +179,153 @@ impl State {
                 run_dir.join(files::CONFIG).display()
             );
         }
-        let dropout_base = mix(cfg.train.seed, stream::DROPOUT);
-        let obj = objective_from_checkpoint(
-            &ckpt,
-            mgsd_config(cfg, dropout_base.wrapping_add(DROPOUT_SEEDS_PER_STEP * meta.step)),
-            device,
-        )?;
-        let mut opt = Adam::new(named_vars(obj.student_vars())?, adam)?;
-        opt.load_state(OPTIM_PREFIX, &ckpt.tensors, meta.optim_step)
-            .with_context(|| format!("{}: optimiser state", last.display()))?;
-        let opt_d = match discriminator_named(&obj)? {
-            Some(vars) => {
-                let mut o = Adam::new(vars, adam_d)?;
-                o.load_state(OPTIM_D_PREFIX, &ckpt.tensors, meta.optim_d_step).with_context(
-                    || format!("{}: discriminator optimiser state", last.display()),
-                )?;
-                Some(o)
-            }
-            None => None,
+        let counters = Counters {
+            step: meta.step,
+            optim_step: meta.optim_step,
+            optim_d_step: meta.optim_d_step,
+            best: meta.best_score,
+            micro_batches: meta
+                .extra
+                .get(MICRO_BATCHES_KEY)
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(1),
         };
+        let st = State::from_tensors(cfg, &ckpt, counters, device)?;
         tracing::info!(
             "resuming {} at step {} (epoch {})",
             run_dir.display(),
             meta.step,
             meta.epoch
         );
-        Ok(State { obj, opt, opt_d, step: meta.step, best: meta.best_score })
+        Ok(st)
     }
 
-    /// Writes the whole state to `path` (atomically); `spe` steps per epoch give its epoch.
-    pub fn save(&self, path: &Path, cfg: &Config, spe: u64) -> Result<()> {
+    /// Weights, teacher, discriminator and both optimisers from `ckpt`'s tensors, with the
+    /// step counters of `counters`.
+    fn from_tensors(
+        cfg: &Config,
+        ckpt: &Checkpoint,
+        counters: Counters,
+        device: &Device,
+    ) -> Result<State> {
+        let (adam, adam_d) = adam_configs(cfg);
+        // The trainer positions the dropout seeds before every micro-batch
+        // (`seek_dropout_seeds`), so the objective starts from the run's base seed.
+        let obj = objective_from_checkpoint(
+            ckpt,
+            mgsd_config(cfg, mix(cfg.train.seed, stream::DROPOUT)),
+            device,
+        )?;
+        let origin = ckpt.path.display();
+        let mut opt = Adam::new(named_vars(obj.student_vars())?, adam)?;
+        opt.load_state(OPTIM_PREFIX, &ckpt.tensors, counters.optim_step)
+            .with_context(|| format!("{origin}: optimiser state"))?;
+        let opt_d = match discriminator_named(&obj)? {
+            Some(vars) => {
+                let mut o = Adam::new(vars, adam_d)?;
+                o.load_state(OPTIM_D_PREFIX, &ckpt.tensors, counters.optim_d_step)
+                    .with_context(|| format!("{origin}: discriminator optimiser state"))?;
+                Some(o)
+            }
+            None => None,
+        };
+        Ok(State {
+            obj,
+            opt,
+            opt_d,
+            step: counters.step,
+            best: counters.best,
+            saved_micro_batches: counters.micro_batches,
+        })
+    }
+
+    /// Every tensor of the state: weights, teacher, discriminator, optimiser moments.
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut tensors = weight_tensors(&self.obj)?;
         tensors.extend(self.opt.state_tensors(OPTIM_PREFIX));
         if let Some(d) = &self.opt_d {
             tensors.extend(d.state_tensors(OPTIM_D_PREFIX));
         }
+        Ok(tensors)
+    }
+
+    /// Rank 0's state on every rank of `comm` (at the start and on resume, so that all ranks
+    /// begin identical whatever they read): every tensor and counter is broadcast from rank 0.
+    /// A no-op for one process.
+    ///
+    /// # Errors
+    /// Communication errors; a state that cannot be rebuilt.
+    pub fn broadcast_from_root(
+        self,
+        comm: &dyn Collective,
+        cfg: &Config,
+        device: &Device,
+    ) -> Result<State> {
+        if comm.world_size() == 1 {
+            return Ok(self);
+        }
+        let mut tensors = HashMap::new();
+        for (name, t) in self.tensors()? {
+            tensors.insert(name, comm.broadcast(&t, 0)?);
+        }
+        let c = [
+            self.step as f64,
+            self.opt.step_count() as f64,
+            self.opt_d.as_ref().map_or(0, Adam::step_count) as f64,
+            self.best.unwrap_or(f64::NAN),
+            self.saved_micro_batches as f64,
+        ];
+        let c = comm
+            .broadcast(&Tensor::new(&c, device)?, 0)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?;
+        let counters = Counters {
+            step: c[0] as u64,
+            optim_step: c[1] as u64,
+            optim_d_step: c[2] as u64,
+            best: Some(c[3]).filter(|b| !b.is_nan()),
+            micro_batches: c[4] as usize,
+        };
+        let ckpt = Checkpoint { path: "<rank 0's state>".into(), tensors, meta: None };
+        State::from_tensors(cfg, &ckpt, counters, device)
+    }
+
+    /// Checksums of the student, teacher, discriminator and optimiser state (sums and sums of
+    /// squares in f64, in name order): what data-parallel ranks compare to prove they train
+    /// the same model.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn checksums(&self) -> Result<Vec<(&'static str, f64)>> {
+        let mut groups: BTreeMap<&'static str, f64> = BTreeMap::new();
+        let mut tensors = self.tensors()?;
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in tensors {
+            let group = if name.starts_with(OPTIM_PREFIX) || name.starts_with(OPTIM_D_PREFIX) {
+                "optimiser"
+            } else if name.starts_with(EMA_PREFIX) {
+                "teacher"
+            } else if name.starts_with(DISCRIMINATOR_PREFIX) {
+                "discriminator"
+            } else {
+                "student"
+            };
+            let t = t.to_dtype(candle_core::DType::F64)?;
+            let v = t.sum_all()?.to_scalar::<f64>()? + t.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            *groups.entry(group).or_default() += v;
+        }
+        Ok(groups.into_iter().collect())
+    }
+
+    /// Writes the whole state to `path` (atomically); `spe` steps per epoch give its epoch,
+    /// `sharding` (world size and accumulation) is recorded for a resume that changes it.
+    pub fn save(&self, path: &Path, cfg: &Config, spe: u64, sharding: Sharding) -> Result<()> {
+        let tensors = self.tensors()?;
         let mut extra = BTreeMap::new();
         extra.insert("git_commit".to_string(), git_commit());
+        extra.insert(MICRO_BATCHES_KEY.to_string(), sharding.micro_batches().to_string());
+        extra.insert("world_size".to_string(), sharding.world.to_string());
+        extra.insert("accumulate".to_string(), sharding.accumulate.to_string());
         let meta = Meta {
             step: self.step,
             epoch: (self.step / spe) as usize,

@@ -4,6 +4,10 @@
 //! state); [`Trainer::run`] loops over epochs; [`Trainer::step`] is one optimiser step (and
 //! the only place that touches the model's arithmetic); [`Trainer::end_epoch`] logs, validates
 //! and checkpoints.
+//!
+//! A data-parallel run is the same loop on every rank of a [`Collective`]: each rank loads its
+//! own micro-batches ([`Sharding`]), the step averages the gradients over ranks, stop decisions
+//! are taken together, validation is split over ranks, and only rank 0 writes files.
 
 use super::metrics_log::{draw_curves, truncate_metrics, MetricsLog};
 use super::sources::resolve_data;
@@ -11,13 +15,18 @@ use super::state::{sampler_mode, State};
 use super::{files, git_commit, next_batch, steps_per_epoch, RunOptions, StopReason, TrainOutcome};
 use crate::config::{open_device, parse_device, set_precision, Config};
 use crate::data::{mix, stream, CaseStore, Loader, SampleSource, Splits};
-use crate::eval::{evaluate, EvalSettings};
+use crate::distributed::collective::{any_rank, barrier, check_agreement};
+use crate::distributed::evaluate::evaluate_across_ranks;
+use crate::distributed::gradients::GradientSum;
+use crate::distributed::{Collective, Sharding};
+use crate::eval::EvalSettings;
 use crate::optim::poly_lr;
 use crate::protocol::{check_patch_fits, train_pipeline};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use mgsd_distill::{MaskSampler, MaskSampling};
+use mgsd_distill::{MaskSampler, MaskSampling, ModalityMask};
 use mgsd_io::ModalitySet;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,11 +43,16 @@ pub(super) struct Trainer<'a> {
     splits: Splits,
     store: Arc<CaseStore>,
     source: Arc<SampleSource>,
-    /// Steps per epoch.
+    /// The ranks this run trains with (one process: [`crate::distributed::SingleProcess`]).
+    comm: Arc<dyn Collective>,
+    /// This rank's micro-batches of each step.
+    shard: Sharding,
+    /// Optimiser steps per epoch.
     spe: u64,
     mode: MaskSampling,
     st: State,
-    metrics: MetricsLog,
+    /// `metrics.csv`, on rank 0 only.
+    metrics: Option<MetricsLog>,
     started: Instant,
     /// Loss terms of every step this process ran.
     losses: Vec<(u64, BTreeMap<String, f64>)>,
@@ -58,8 +72,9 @@ impl<'a> Trainer<'a> {
     /// # Errors
     /// A run directory that already holds a run (without `resume`), a bad device or precision
     /// (before anything is written), bad data, a mismatched checkpoint.
-    pub fn open(cfg: &'a Config, opts: &'a RunOptions) -> Result<Self> {
+    pub fn open(cfg: &'a Config, opts: &'a RunOptions, comm: Arc<dyn Collective>) -> Result<Self> {
         let started = Instant::now();
+        let root = comm.is_root();
         let run_dir = opts.resume.clone().unwrap_or_else(|| cfg.run.dir.clone());
         let last = run_dir.join(files::LAST);
         if opts.resume.is_none() && last.exists() {
@@ -73,9 +88,13 @@ impl<'a> Trainer<'a> {
         // The device first: a bad device or precision leaves no empty run directory behind.
         let device = open_device(parse_device(&cfg.run.device)?)?;
         set_precision(cfg.run.precision, &device)?;
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-
+        // Rank 0 creates the run directory and any synthetic cases; the others then read them.
+        if root {
+            std::fs::create_dir_all(&run_dir)
+                .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+            resolve_data(cfg, &run_dir)?;
+        }
+        barrier(comm.as_ref(), &device)?;
         let splits = resolve_data(cfg, &run_dir)?;
         check_patch_fits(cfg.protocol.patch, &splits.train)?;
         let cache =
@@ -92,18 +111,33 @@ impl<'a> Trainer<'a> {
             pipeline: train_pipeline(&cfg.protocol),
             seed: cfg.train.seed,
         });
-        let spe = steps_per_epoch(cfg, splits.train.len());
+        let shard = Sharding {
+            rank: comm.rank(),
+            world: comm.world_size(),
+            accumulate: cfg.train.accumulate,
+        };
+        let single_spe = steps_per_epoch(cfg, splits.train.len());
+        let spe = shard.steps_per_epoch(single_spe);
 
         let st = if opts.resume.is_some() {
-            let st = State::resume(cfg, &last, &run_dir, &device)?;
-            truncate_metrics(&run_dir.join(files::METRICS), st.step)?;
+            let mut st = State::resume(cfg, &last, &run_dir, &device)?;
+            if st.saved_micro_batches != shard.micro_batches() {
+                st.step = rebase_step(cfg, &st, shard, single_spe);
+            }
+            if root {
+                truncate_metrics(&run_dir.join(files::METRICS), st.step)?;
+            }
             st
         } else {
             let st = State::fresh(cfg, &device)?;
-            write_run_files(cfg, &run_dir, &splits)?;
-            MetricsLog::create(&run_dir)?;
+            if root {
+                write_run_files(cfg, &run_dir, &splits)?;
+                MetricsLog::create(&run_dir)?;
+            }
             st
         };
+        let st = st.broadcast_from_root(comm.as_ref(), cfg, &device)?;
+        let m = shard.micro_batches();
         tracing::info!(
             "{} training / {} validation / {} test cases; {spe} steps per epoch × {} epochs; {} trainable parameters",
             splits.train.len(),
@@ -112,7 +146,19 @@ impl<'a> Trainer<'a> {
             cfg.train.epochs,
             st.parameter_count()?
         );
-        let metrics = MetricsLog::append(&run_dir)?;
+        if m > 1 {
+            tracing::info!(
+                "effective batch {} = batch {} × {} rank(s) × accumulate {}; learning rate {:.3e} ([train] lr_scaling = {:?}: × {:.3})",
+                cfg.train.batch * m,
+                cfg.train.batch,
+                shard.world,
+                shard.accumulate,
+                cfg.train.lr * cfg.train.lr_scaling.factor(m),
+                cfg.train.lr_scaling,
+                cfg.train.lr_scaling.factor(m)
+            );
+        }
+        let metrics = if root { Some(MetricsLog::append(&run_dir)?) } else { None };
         Ok(Trainer {
             cfg,
             opts,
@@ -121,6 +167,8 @@ impl<'a> Trainer<'a> {
             splits,
             store,
             source,
+            comm,
+            shard,
             spe,
             mode: sampler_mode(cfg)?,
             st,
@@ -143,15 +191,16 @@ impl<'a> Trainer<'a> {
         'epochs: while self.st.step < total_steps {
             let epoch = (self.st.step / self.spe) as usize;
             let first = self.st.step % self.spe;
-            let lr =
-                poly_lr(self.cfg.train.lr, epoch, self.cfg.train.epochs, self.cfg.train.lr_power);
+            let base_lr =
+                self.cfg.train.lr * self.cfg.train.lr_scaling.factor(self.shard.micro_batches());
+            let lr = poly_lr(base_lr, epoch, self.cfg.train.epochs, self.cfg.train.lr_power);
             self.st.opt.set_lr(lr);
             let t_epoch = Instant::now();
             let batch = self.cfg.train.batch;
-            let mut loader = Loader::start(
+            let mut loader = Loader::start_indices(
                 self.source.clone(),
                 epoch,
-                ((first as usize) * batch, (self.spe as usize) * batch),
+                self.shard.sample_positions(first, self.spe, batch),
                 self.cfg.run.workers,
                 self.cfg.run.queue,
             );
@@ -168,11 +217,15 @@ impl<'a> Trainer<'a> {
             self.end_epoch(epoch, lr, first, t_epoch.elapsed().as_secs_f64(), wait)?;
         }
         bar.finish_and_clear();
-        self.metrics.flush()?;
+        if let Some(m) = &mut self.metrics {
+            m.flush()?;
+        }
         if reason != StopReason::Killed {
             self.redraw_curves();
         }
+        let checksums = self.st.checksums()?.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         Ok(TrainOutcome {
+            checksums,
             run_dir: self.run_dir,
             steps: self.st.step,
             reason,
@@ -184,9 +237,10 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// One optimiser step on the next batch: MGSD losses, student update, EMA teacher,
-    /// discriminator update; then the step's row, and the checks for stop requests, simulated
-    /// kills and the time budget.
+    /// One optimiser step: this rank's micro-batches (MGSD losses and gradients), the step's
+    /// loss terms averaged over every micro-batch of every rank, the gradients averaged the same
+    /// way, the student update, the EMA teacher, the discriminator update; then the step's row,
+    /// and the checks for stop requests, simulated faults and the time budget.
     fn step(
         &mut self,
         loader: &mut Loader,
@@ -196,23 +250,44 @@ impl<'a> Trainer<'a> {
     ) -> Result<AfterStep> {
         let (cfg, opts) = (self.cfg, self.opts);
         let last = self.run_dir.join(files::LAST);
-        if opts.stop.load(Ordering::SeqCst) {
-            self.st.save(&last, cfg, self.spe)?;
+        if any_rank(self.comm.as_ref(), opts.stop.load(Ordering::SeqCst), &self.device)? {
+            self.save(&last)?;
             tracing::warn!("interrupted: saved {} at step {}", last.display(), self.st.step);
             return Ok(AfterStep::Stop(StopReason::Interrupted));
         }
+        if opts.fail_at == Some(self.st.step + 1) {
+            bail!("injected failure at step {} (RunOptions::fail_at)", self.st.step + 1);
+        }
         let t_step = Instant::now();
-        let (x, y) = next_batch(loader, cfg.train.batch, cfg.protocol.patch, &self.device)?;
-        let seed = cfg.train.seed;
-        let mask = MaskSampler::new(self.mode, mix(mix(seed, stream::MASK), self.st.step)).draw();
-        let terms = self.st.obj.step_losses(&x, &y, &mask, true)?;
-        let mut vals: BTreeMap<String, f64> =
-            terms.values()?.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let m = self.shard.micro_batches();
+        let mut grads = GradientSum::new(self.st.opt.vars());
+        let mut grads_d = self.st.opt_d.as_ref().map(|o| GradientSum::new(o.vars()));
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        for a in 0..self.shard.accumulate {
+            let index = self.shard.micro_index(self.st.step, a);
+            let (x, y) = next_batch(loader, cfg.train.batch, cfg.protocol.patch, &self.device)?;
+            self.st.obj.seek_dropout_seeds(index);
+            let terms = self.st.obj.step_losses(&x, &y, &self.mask(index), true)?;
+            for (k, v) in terms.values()? {
+                *sums.entry(k.to_string()).or_default() += v;
+            }
+            grads.add(&terms.total.backward()?)?;
+            if let (Some(g), Some(l)) = (grads_d.as_mut(), self.st.obj.discriminator_loss(&terms)?)
+            {
+                *sums.entry(D_LOSS.into()).or_default() +=
+                    l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                g.add(&l.backward()?)?;
+            }
+        }
+        let mut vals = self.mean_over_ranks(sums, m)?;
+        let d_loss = vals.remove(D_LOSS);
         if opts.inject_nan_at == Some(self.st.step + 1) {
             vals.insert("total".into(), f64::NAN);
         }
         if vals.values().any(|v| !v.is_finite()) {
-            let _ = self.metrics.flush();
+            if let Some(metrics) = &mut self.metrics {
+                let _ = metrics.flush();
+            }
             let terms_text: Vec<String> = vals.iter().map(|(k, v)| format!("{k} = {v}")).collect();
             let kept = if last.exists() {
                 format!("the last good checkpoint is {} (not overwritten)", last.display())
@@ -226,41 +301,48 @@ impl<'a> Trainer<'a> {
                 terms_text.join(", ")
             );
         }
-        let grads = terms.total.backward()?;
-        self.st.opt.step(&grads)?;
+        let averaged = grads.average(self.comm.as_ref(), m)?;
+        self.st.opt.step_with(&averaged)?;
         self.st.obj.update_teacher(self.st.step)?;
-        if let (Some(opt_d), Some(l)) =
-            (self.st.opt_d.as_mut(), self.st.obj.discriminator_loss(&terms)?)
-        {
-            let v = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            if v.is_finite() {
-                let g = l.backward()?;
-                opt_d.step(&g)?;
+        if let (Some(opt_d), Some(g), Some(d)) = (self.st.opt_d.as_mut(), grads_d, d_loss) {
+            // Every rank sees the same averaged value, so all skip a non-finite step together.
+            if d.is_finite() {
+                opt_d.step_with(&g.average(self.comm.as_ref(), m)?)?;
             }
-            vals.insert("d_loss".into(), v);
+            vals.insert(D_LOSS.into(), d);
         }
+        let masks: Vec<String> = (0..m as u64)
+            .map(|i| {
+                let mask = self.mask(self.st.step * m as u64 + i);
+                ModalitySet::from_channel_mask(&mask.values(), &mgsd_io::ACN_CHANNEL_ORDER)
+                    .to_string()
+            })
+            .collect();
         self.st.step += 1;
         let step = self.st.step;
-        let mask_name =
-            ModalitySet::from_channel_mask(&mask.values(), &mgsd_io::ACN_CHANNEL_ORDER).to_string();
         let secs = t_step.elapsed().as_secs_f64();
-        self.metrics.step(step, epoch, lr, &mask_name, &vals, secs)?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.step(step, epoch, lr, &masks.join(" "), &vals, secs)?;
+        }
         bar.set_position(step);
         bar.set_message(format!("loss {:.4}", vals.get("total").copied().unwrap_or(f64::NAN)));
         self.losses.push((step, vals));
+        self.check_ranks_agree()?;
 
         if opts.interrupt_after == Some(step) {
             opts.stop.store(true, Ordering::SeqCst);
         }
         if opts.kill_after == Some(step) {
-            let _ = self.metrics.flush();
+            if let Some(metrics) = &mut self.metrics {
+                let _ = metrics.flush();
+            }
             return Ok(AfterStep::Stop(StopReason::Killed));
         }
-        if self.past_deadline() {
+        if any_rank(self.comm.as_ref(), self.past_deadline(), &self.device)? {
             // The budget ends training: validate once more (with `val_every = 0` this is the
             // only validation), then save.
             self.validate_and_keep_best()?;
-            self.st.save(&last, cfg, self.spe)?;
+            self.save(&last)?;
             tracing::info!(
                 "time budget of {:?} min reached at step {step}: saved {}",
                 cfg.train.max_minutes,
@@ -269,6 +351,47 @@ impl<'a> Trainer<'a> {
             return Ok(AfterStep::Stop(StopReason::TimeBudget));
         }
         Ok(AfterStep::Continue)
+    }
+
+    /// The modality mask of micro-batch `index` ([`Sharding::micro_index`]).
+    fn mask(&self, index: u64) -> ModalityMask {
+        MaskSampler::new(self.mode, mix(mix(self.cfg.train.seed, stream::MASK), index)).draw()
+    }
+
+    /// Per-term sums over this rank's micro-batches → means over all `m` micro-batches of all
+    /// ranks (the same on every rank; one process: the sums over `m`).
+    fn mean_over_ranks(
+        &self,
+        sums: BTreeMap<String, f64>,
+        m: usize,
+    ) -> Result<BTreeMap<String, f64>> {
+        let (keys, values): (Vec<String>, Vec<f64>) = sums.into_iter().unzip();
+        let values = if self.comm.world_size() > 1 {
+            let t = Tensor::from_vec(values, keys.len(), &self.device)?;
+            self.comm.all_reduce_sum(&t)?.to_dtype(DType::F64)?.to_vec1::<f64>()?
+        } else {
+            values
+        };
+        Ok(keys.into_iter().zip(values).map(|(k, v)| (k, v / m as f64)).collect())
+    }
+
+    /// Every `[run] checksum_every` steps of a data-parallel run: the ranks' parameters must be
+    /// identical.
+    fn check_ranks_agree(&self) -> Result<()> {
+        let every = self.cfg.run.checksum_every;
+        if self.comm.world_size() == 1 || every == 0 || !self.st.step.is_multiple_of(every) {
+            return Ok(());
+        }
+        let sums = self.st.checksums()?;
+        check_agreement(self.comm.as_ref(), &sums, &format!("step {}", self.st.step), &self.device)
+    }
+
+    /// Saves the state to `path` (rank 0 only).
+    fn save(&self, path: &std::path::Path) -> Result<()> {
+        if self.comm.is_root() {
+            self.st.save(path, self.cfg, self.spe, self.shard)?;
+        }
+        Ok(())
     }
 
     fn past_deadline(&self) -> bool {
@@ -289,13 +412,17 @@ impl<'a> Trainer<'a> {
             self.spe - first,
             100.0 * wait / secs.max(1e-9)
         );
-        self.metrics.epoch(self.st.step, epoch, lr, secs, wait)?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.epoch(self.st.step, epoch, lr, secs, wait)?;
+        }
         let v = self.cfg.train.val_every;
         if (v > 0 && (epoch + 1).is_multiple_of(v)) || epoch + 1 == epochs {
             self.validate_and_keep_best()?;
         }
-        self.st.save(&self.run_dir.join(files::LAST), self.cfg, self.spe)?;
-        self.metrics.flush()?;
+        self.save(&self.run_dir.join(files::LAST))?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.flush()?;
+        }
         self.redraw_curves();
         Ok(())
     }
@@ -309,8 +436,17 @@ impl<'a> Trainer<'a> {
         let epoch = (self.st.step.saturating_sub(1) / self.spe) as usize;
         let settings = EvalSettings::for_protocol(&self.cfg.protocol, self.opts.progress);
         let unet = &self.st.obj.model().unet;
-        let report = evaluate(unet, &self.splits.val, &self.store, &settings, &self.device)?;
-        self.metrics.validation(self.st.step, epoch, &report)?;
+        let report = evaluate_across_ranks(
+            self.comm.as_ref(),
+            unet,
+            &self.splits.val,
+            &self.store,
+            &settings,
+            &self.device,
+        )?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.validation(self.st.step, epoch, &report)?;
+        }
         let score = report.score();
         tracing::info!(
             "validation at step {} (epoch {}): mean Dice {:.4} (WT/TC/ET {:.3}/{:.3}/{:.3}) on {} cases",
@@ -324,16 +460,48 @@ impl<'a> Trainer<'a> {
         );
         if self.st.best.is_none_or(|b| score > b) {
             self.st.best = Some(score);
-            self.st.save(&self.run_dir.join(files::BEST), self.cfg, self.spe)?;
+            self.save(&self.run_dir.join(files::BEST))?;
         }
         Ok(())
     }
 
     fn redraw_curves(&self) {
+        if !self.comm.is_root() {
+            return;
+        }
         if let Err(e) = draw_curves(&self.run_dir) {
             tracing::warn!("could not draw the curves: {e:#}");
         }
     }
+}
+
+/// The `metrics.csv` name of the discriminator's loss.
+const D_LOSS: &str = "d_loss";
+
+/// The step to continue from when a run resumes with another number of micro-batches per step
+/// (world size × accumulation): the start of the epoch in progress (its steps taken so far are
+/// taken again with the new grouping). Logs what changes.
+fn rebase_step(cfg: &Config, st: &State, now: Sharding, single_spe: u64) -> u64 {
+    let before = Sharding { rank: 0, world: 1, accumulate: st.saved_micro_batches.max(1) };
+    let (spe_before, spe_now) =
+        (before.steps_per_epoch(single_spe), now.steps_per_epoch(single_spe));
+    let epoch = st.step / spe_before;
+    let step = epoch * spe_now;
+    let redone = st.step - epoch * spe_before;
+    tracing::warn!(
+        "this checkpoint was made with {} micro-batch(es) per step (effective batch {}); this run uses {} ({} rank(s) × accumulate {}, effective batch {}): {spe_before} → {spe_now} steps per epoch, learning rate × {:.3} ([train] lr_scaling = {:?}); continuing at the start of epoch {} (step {step}){}. The run is no longer step-for-step the run it would have been.",
+        before.micro_batches(),
+        before.micro_batches() * cfg.train.batch,
+        now.micro_batches(),
+        now.world,
+        now.accumulate,
+        now.micro_batches() * cfg.train.batch,
+        cfg.train.lr_scaling.factor(now.micro_batches()),
+        cfg.train.lr_scaling,
+        epoch + 1,
+        if redone > 0 { format!(", taking its first {redone} step(s) again") } else { String::new() }
+    );
+    step
 }
 
 /// `config.toml` and `run.json` of a new run.
