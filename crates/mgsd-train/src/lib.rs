@@ -7,6 +7,8 @@
 //! * [`optim`] — PyTorch-compatible Adam (L2 weight decay) with saveable state; poly schedule.
 //! * [`checkpoint`] — atomic safetensors checkpoints with reference names and training state.
 //! * [`train`] — the training loop, run directory, exact resume, fault handling.
+//! * [`distributed`] — data parallelism: the collective trait, NCCL, rendezvous, sharding.
+//! * [`launch`] — `mgsd-train launch`: the ranks of one node, like torchrun.
 //! * [`infer`] — whole-image and sliding-window inference (Gaussian blending, mirror TTA).
 //! * [`protocol`] — the inference protocol of `eval`/`predict`/validation: checkpoint + flags.
 //! * [`metrics`] — the `mgsd-metrics` crate (Dice/HD95 with the BraTS 2018–2021 conventions,
@@ -35,6 +37,7 @@ pub mod eval;
 pub mod eval_tables;
 pub mod heatmap;
 pub mod infer;
+pub mod launch;
 pub mod logging;
 pub mod model;
 pub mod optim;

@@ -12,13 +12,16 @@ use mgsd_train::batch::{is_batch_output, predict_batch, BatchOptions};
 use mgsd_train::checkpoint;
 use mgsd_train::config::{open_device, parse_device, set_precision, Config};
 use mgsd_train::data::{read_manifest, split_with_file, CaseStore};
+use mgsd_train::distributed::evaluate::evaluate_across_ranks;
+use mgsd_train::distributed::{self, Collective, DistEnv, SingleProcess};
 use mgsd_train::eval::{evaluate, EvalSettings, Provenance};
+use mgsd_train::launch::{launch, LaunchOptions};
 use mgsd_train::model::unet_from_checkpoint;
 use mgsd_train::predict::{predict, PredictOptions};
 use mgsd_train::protocol::{self, ProtocolArgs};
 use mgsd_train::scans::GridOptions;
 use mgsd_train::score::{score, LabelsArg, MetricSet, ScoreOptions};
-use mgsd_train::train::{files, train, RunOptions, StopReason};
+use mgsd_train::train::{files, train, train_with, RunOptions, StopReason};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,6 +58,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train from a TOML configuration (see configs/), or continue a run.
+    ///
+    /// Under `mgsd-train launch`, torchrun or srun (RANK, WORLD_SIZE, … set) it is one rank of a
+    /// data-parallel run on `cuda:LOCAL_RANK` (build with `--features nccl`).
     Train {
         /// Configuration file (default with --resume: the run's own config.toml).
         #[arg(long)]
@@ -62,6 +68,48 @@ enum Command {
         /// Continue the run in this directory from its last.safetensors.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// Average the gradients of N micro-batches before each optimiser step (overrides
+        /// `[train] accumulate`): one process computes what N ranks compute.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        accumulate: Option<u32>,
+    },
+    /// Start the ranks of a data-parallel job on this node, as torchrun does: N copies of this
+    /// program with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, e.g.
+    /// `mgsd-train launch --nproc-per-node 4 -- train --config configs/mgsd-brats2018.toml`.
+    /// Signals are forwarded; if a rank fails, the others are stopped.
+    Launch {
+        /// Ranks (GPUs) on this node.
+        #[arg(long)]
+        nproc_per_node: usize,
+        /// Nodes in the job (one launcher per node).
+        #[arg(long, default_value_t = 1)]
+        nnodes: usize,
+        /// This node's index.
+        #[arg(long, default_value_t = 0)]
+        node_rank: usize,
+        /// Address of node 0, where rank 0 waits for the others.
+        #[arg(long, default_value = "127.0.0.1")]
+        master_addr: String,
+        /// Port of rank 0's rendezvous.
+        #[arg(long, default_value_t = mgsd_train::distributed::env::DEFAULT_MASTER_PORT)]
+        master_port: u16,
+        /// Seconds the other ranks get to exit after SIGTERM when one failed, before SIGKILL.
+        #[arg(long, default_value_t = 15.0)]
+        grace: f64,
+        /// The command every rank runs (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Check a data-parallel set-up without training: every rank meets rank 0 (the
+    /// rendezvous) and rank 0 lists them; with `--device cuda` (a `--features nccl` build) also
+    /// one NCCL all-reduce. Run it under `launch`, torchrun or srun.
+    CheckRanks {
+        /// Make this rank fail at once (to see that the launcher stops the others).
+        #[arg(long)]
+        fail_rank: Option<usize>,
+        /// Stay alive this many seconds after the check (to try signal forwarding).
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
     },
     /// The 15 × 3 Dice / HD95 table of a checkpoint on labelled cases.
     Eval {
@@ -178,25 +226,22 @@ mod sigint {
     use super::INTERRUPTED;
     use std::sync::atomic::Ordering;
 
-    extern "C" {
-        fn signal(signum: i32, handler: usize) -> usize;
-        fn _exit(status: i32) -> !;
-    }
-    const SIGINT: i32 = 2;
-
-    extern "C" fn on_sigint(_: i32) {
-        // Async-signal-safe: an atomic swap, or _exit on the second Ctrl-C.
+    extern "C" fn on_stop(sig: libc::c_int) {
+        // Async-signal-safe: an atomic swap, or _exit on the second signal.
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             // SAFETY: `_exit` is async-signal-safe and never returns.
-            unsafe { _exit(130) }
+            unsafe { libc::_exit(128 + sig) }
         }
     }
 
-    /// First Ctrl-C: set the flag (the trainer saves and stops); second: exit at once.
+    /// First Ctrl-C or SIGTERM (a launcher, SLURM's pre-emption): set the flag (the trainer
+    /// saves and stops at the next step); second: exit at once.
     pub fn install() {
-        // SAFETY: installing a handler that only touches an atomic (or calls `_exit`).
-        unsafe {
-            signal(SIGINT, on_sigint as extern "C" fn(i32) as usize);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: installing a handler that only touches an atomic (or calls `_exit`).
+            unsafe {
+                libc::signal(sig, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
+            }
         }
     }
 }
@@ -208,7 +253,10 @@ mod sigint {
 
 fn main() {
     let cli = Cli::parse();
-    mgsd_train::logging::init(cli.quiet);
+    // In a data-parallel job only rank 0 logs information; the others warnings and errors.
+    let other_rank =
+        std::env::var("RANK").ok().and_then(|r| r.parse::<usize>().ok()).is_some_and(|r| r > 0);
+    mgsd_train::logging::init(cli.quiet || other_rank);
     if mgsd_nn::keep_freed_memory() {
         tracing::debug!("malloc keeps freed memory for reuse (mgsd_nn::malloc_policy)");
     }
@@ -222,7 +270,7 @@ fn run(cli: Cli) -> Result<()> {
     let progress = !cli.quiet;
     match cli.command {
         None => demo(cli.demo_config.as_deref(), cli.device, cli.precision, cli.run_dir, progress),
-        Some(Command::Train { config, resume }) => {
+        Some(Command::Train { config, resume, accumulate }) => {
             let path = match (&config, &resume) {
                 (Some(c), _) => c.clone(),
                 (None, Some(r)) => r.join(files::CONFIG),
@@ -238,9 +286,21 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(p) = cli.precision {
                 cfg.run.precision = p;
             }
+            if let Some(a) = accumulate {
+                cfg.train.accumulate = a as usize;
+            }
+            let (comm, root) = join_job(&mut cfg.run.device)?;
             sigint::install();
-            let opts = RunOptions { resume, stop: stop_flag(), progress, ..RunOptions::default() };
-            let out = train(&cfg, &opts)?;
+            let opts = RunOptions {
+                resume,
+                stop: stop_flag(),
+                progress: progress && root,
+                ..RunOptions::default()
+            };
+            let out = train_with(&cfg, &opts, comm)?;
+            if !root {
+                return Ok(());
+            }
             println!(
                 "{} after {} steps ({:.1} min); run directory: {}",
                 describe(out.reason),
@@ -257,6 +317,25 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Some(Command::Launch {
+            nproc_per_node,
+            nnodes,
+            node_rank,
+            master_addr,
+            master_port,
+            grace,
+            command,
+        }) => launch(&LaunchOptions {
+            program: std::env::current_exe().context("locating the mgsd-train executable")?,
+            args: command,
+            nproc_per_node,
+            nnodes,
+            node_rank,
+            master_addr,
+            master_port,
+            grace: std::time::Duration::from_secs_f64(grace.max(0.0)),
+        }),
+        Some(Command::CheckRanks { fail_rank, hold }) => check_ranks(cli.device, fail_rank, hold),
         Some(Command::Eval {
             checkpoint,
             data,
@@ -268,7 +347,10 @@ fn run(cli: Cli) -> Result<()> {
             protocol,
             metrics,
         }) => {
-            let device = open_device(parse_device(cli.device.as_deref().unwrap_or("cpu"))?)?;
+            // Under a launcher the cases are split over the ranks; rank 0 writes the tables.
+            let mut device_name = cli.device.clone().unwrap_or_else(|| "cpu".into());
+            let (comm, root) = join_job(&mut device_name)?;
+            let device = open_device(parse_device(&device_name)?)?;
             set_precision(cli.precision.unwrap_or_default(), &device)?;
             let ckpt = checkpoint::load(&checkpoint, &device)?;
             let unet = unet_from_checkpoint(&ckpt, &device)?;
@@ -317,7 +399,11 @@ fn run(cli: Cli) -> Result<()> {
             settings.official = metrics != MetricSet::Legacy;
             let t = Instant::now();
             let store = CaseStore::new(false, None);
-            let mut report = evaluate(&unet, &cases, &store, &settings, &device)?;
+            let mut report =
+                evaluate_across_ranks(comm.as_ref(), &unet, &cases, &store, &settings, &device)?;
+            if !root {
+                return Ok(());
+            }
             report.provenance = Some(provenance);
             let out = out.unwrap_or_else(|| {
                 let stem = checkpoint
@@ -468,6 +554,74 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// This process's place in a data-parallel job (from RANK, WORLD_SIZE, …; none: a plain run):
+/// its collective and whether it is rank 0. `device` (the configured one) becomes the rank's
+/// own (`cuda:LOCAL_RANK`).
+fn join_job(device: &mut String) -> Result<(Arc<dyn Collective>, bool)> {
+    let Some(env) = DistEnv::from_env()? else {
+        return Ok((Arc::new(SingleProcess), true));
+    };
+    let spec = distributed::rank_device(&env, parse_device(device)?)?;
+    *device = match spec {
+        mgsd_train::config::DeviceSpec::Cpu => "cpu".into(),
+        mgsd_train::config::DeviceSpec::Cuda(n) => format!("cuda:{n}"),
+    };
+    let comm = distributed::connect(&env, &open_device(spec)?)?;
+    Ok((comm, env.rank == 0))
+}
+
+/// `check-ranks`: the rendezvous (and with a CUDA device, one NCCL all-reduce) of every rank.
+fn check_ranks(device: Option<String>, fail_rank: Option<usize>, hold: f64) -> Result<()> {
+    let env = DistEnv::from_env()?.context(
+        "check-ranks runs as one rank of a job: start it with `mgsd-train launch --nproc-per-node N -- check-ranks`, torchrun or srun (WORLD_SIZE is not set)",
+    )?;
+    if fail_rank == Some(env.rank) {
+        bail!("rank {} fails on purpose (--fail-rank)", env.rank);
+    }
+    let spec = parse_device(device.as_deref().unwrap_or("cpu"))?;
+    let t = Instant::now();
+    let (greetings, reduced) = match spec {
+        mgsd_train::config::DeviceSpec::Cpu => {
+            let device = candle_core::Device::Cpu;
+            let token = format!("{:x}", std::process::id());
+            let r = distributed::rendezvous::rendezvous(
+                &env,
+                &distributed::greeting(&env, &device),
+                || Ok(token.into_bytes()),
+            )?;
+            (r.greetings, None)
+        }
+        cuda => {
+            let device = open_device(distributed::rank_device(&env, cuda)?)?;
+            let comm = distributed::connect(&env, &device)?;
+            let ones = candle_core::Tensor::ones(4, candle_core::DType::F32, &device)?;
+            let sum = comm.all_reduce_sum(&ones)?.to_vec1::<f32>()?;
+            if sum.iter().any(|&v| v != env.world_size as f32) {
+                bail!("NCCL all-reduce of ones gave {sum:?}, expected {}", env.world_size);
+            }
+            (vec![distributed::greeting(&env, &device)], Some(sum[0]))
+        }
+    };
+    if env.rank == 0 {
+        println!(
+            "rendezvous at {}: {} rank(s) in {:.2} s",
+            env.master(),
+            env.world_size,
+            t.elapsed().as_secs_f64()
+        );
+        for g in &greetings {
+            println!("  {g}");
+        }
+        if let Some(v) = reduced {
+            println!("NCCL all-reduce of ones: {v} on every rank (= WORLD_SIZE)");
+        }
+    }
+    if hold > 0.0 {
+        std::thread::sleep(std::time::Duration::from_secs_f64(hold));
+    }
+    Ok(())
 }
 
 fn stop_flag() -> Arc<AtomicBool> {
