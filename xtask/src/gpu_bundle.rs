@@ -24,14 +24,15 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, ensure, Context, Result};
 
 /// The libraries cudarc links with `dynamic-linking`: (cudarc module, link name, soname of
-/// the CUDA 13 / cuDNN 9 wheels).
-pub const LINKED_LIBRARIES: [(&str, &str, &str); 6] = [
+/// the CUDA 13 / cuDNN 9 / NCCL 2 wheels).
+pub const LINKED_LIBRARIES: [(&str, &str, &str); 7] = [
     ("driver", "cuda", "libcuda.so.1"),
     ("cublas", "cublas", "libcublas.so.13"),
     ("cublaslt", "cublasLt", "libcublasLt.so.13"),
     ("curand", "curand", "libcurand.so.10"),
     ("nvrtc", "nvrtc", "libnvrtc.so.13"),
     ("cudnn", "cudnn", "libcudnn.so.9"),
+    ("nccl", "nccl", "libnccl.so.2"),
 ];
 
 /// The run script packed beside the binaries.
@@ -112,7 +113,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// The source folder of the cudarc that cargo resolved for this workspace.
 fn cudarc_src(workspace: &Path) -> Result<PathBuf> {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--features", "mgsd-train/cuda"])
+        .args(["metadata", "--format-version", "1", "--features", "mgsd-train/nccl"])
         .current_dir(workspace)
         .output()
         .context("running cargo metadata")?;
@@ -172,13 +173,14 @@ fn toolkit_with_stubs(opts: &GpuBundleOptions, cudarc: &Path) -> Result<PathBuf>
     Ok(home)
 }
 
-/// What the bundle holds: (package, cargo's selection of the executable), each built with
-/// `cargo build --release -p <package> --features cuda <selection>`.
-const TARGETS: [(&str, [&str; 2]); 4] = [
-    ("mgsd-train", ["--bin", "mgsd-train"]),
-    ("mgsd-distill", ["--example", "step-bench"]),
-    ("mgsd-nn", ["--test", "cuda_parity"]),
-    ("mgsd-distill", ["--test", "golden_mgsd"]),
+/// What the bundle holds: (package, features, cargo's selection of the executable), each
+/// built with `cargo build --release -p <package> --features <features> <selection>`.
+/// mgsd-train is built with NCCL (data-parallel training; `nccl` implies `cuda`).
+const TARGETS: [(&str, &str, [&str; 2]); 4] = [
+    ("mgsd-train", "nccl", ["--bin", "mgsd-train"]),
+    ("mgsd-distill", "cuda", ["--example", "step-bench"]),
+    ("mgsd-nn", "cuda", ["--test", "cuda_parity"]),
+    ("mgsd-distill", "cuda", ["--test", "golden_mgsd"]),
 ];
 
 /// Builds everything with `--features cuda` and packs it.
@@ -189,8 +191,8 @@ pub fn gpu_bundle(workspace: &Path, opts: &GpuBundleOptions) -> Result<()> {
     let path =
         format!("{}:{}", home.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     let mut executables: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for (package, selection) in TARGETS {
-        let mut args = vec!["build", "--release", "-p", package, "--features", "cuda"];
+    for (package, features, selection) in TARGETS {
+        let mut args = vec!["build", "--release", "-p", package, "--features", features];
         args.extend(selection);
         tracing::info!("cargo {}", args.join(" "));
         let mut child = Command::new(env!("CARGO"))
@@ -219,7 +221,7 @@ pub fn gpu_bundle(workspace: &Path, opts: &GpuBundleOptions) -> Result<()> {
         let status = child.wait()?;
         ensure!(status.success(), "cargo {} failed: {status}", args.join(" "));
     }
-    for (_, [_, want]) in TARGETS {
+    for (_, _, [_, want]) in TARGETS {
         ensure!(executables.contains_key(want), "the build produced no {want} executable");
     }
     pack(&executables, &opts.out)

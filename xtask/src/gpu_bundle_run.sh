@@ -15,6 +15,10 @@
 #    mode (algorithms measured, not picked by heuristics), f32 and bf16;
 #    (unless SKIP_STEP=1);
 # 3. the demo workflow of mgsd-train on the GPU (unless SKIP_DEMO=1; DEMO_TIMEOUT, 120 s);
+# 3b. data parallelism (unless SKIP_NCCL=1): `launch -- check-ranks --device cuda` (rendezvous
+#    and one NCCL all-reduce), then a short training run three times -- plain twice (is the
+#    GPU run itself deterministic?) and as world size 1 through NCCL -- compared bit for bit
+#    (every loss term of every step, every tensor of last.safetensors);
 # 4. with ATTENTION=1, the attention kernels' own check against PyTorch
 #    (crates/mgsd-kernels/gpu/check_attention.py, about 30 s).
 # Environment: PYTHON (python3 with torch and NVIDIA's wheels), STEP_ARGS.
@@ -35,7 +39,7 @@ bin="$tmp/bin"
 libs=$("$PY" - <<'EOF'
 import os
 import nvidia
-want = ("libcublas", "libcudnn.so", "libcurand", "libnvrtc", "libcudart")
+want = ("libcublas", "libcudnn.so", "libcurand", "libnvrtc", "libcudart", "libnccl.so")
 dirs = {d for r in nvidia.__path__ for d, _, fs in os.walk(r) if any(f.startswith(want) for f in fs)}
 print(":".join(sorted(dirs)))
 EOF
@@ -133,6 +137,71 @@ if [ "${SKIP_DEMO:-0}" != 1 ]; then
   timeout "${DEMO_TIMEOUT:-120}" "$bin/mgsd-train" --device cuda --quiet --run-dir "$tmp/demo" 2>&1 | tail -40 | tee "$out/demo.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   cp "$tmp"/demo/*.md "$out/" 2>/dev/null
+fi
+if [ "${SKIP_NCCL:-0}" != 1 ]; then
+  echo "== data parallelism: NCCL rendezvous and all-reduce, world size 1 against the plain run"
+  MGSD_RENDEZVOUS_TIMEOUT=60 timeout 120 "$bin/mgsd-train" launch --nproc-per-node 1 \
+    --master-port 29531 -- check-ranks --device cuda 2>&1 | tail -5 | tee "$out/nccl-check.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  # A short training run; $1 names it, the rest are environment assignments for it.
+  nccl_run() {
+    local name="$1"
+    shift
+    sed "s|@DIR@|$tmp/$name|" >"$tmp/$name.toml" <<'TOML'
+[data.synthetic]
+train_cases = 8
+val_cases = 2
+test_cases = 1
+shape = [48, 48, 48]
+seed = 2024
+[protocol]
+patch = [32, 32, 32]
+[model]
+channels = 8
+dropout = 0.2
+[train]
+epochs = 2
+steps_per_epoch = 6
+lr = 2e-3
+val_every = 1
+[run]
+dir = "@DIR@"
+device = "cuda"
+checksum_every = 1
+TOML
+    env "$@" timeout 300 "$bin/mgsd-train" --quiet train --config "$tmp/$name.toml" \
+      >"$out/nccl-$name.log" 2>&1 || { status=1; echo "FAILED: training $name"; tail -20 "$out/nccl-$name.log"; }
+  }
+  nccl_run plain-a
+  nccl_run plain-b
+  nccl_run nccl-w1 RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29532
+  "$PY" - "$tmp" <<'EOF' | tee "$out/nccl-compare.log"
+import json, struct, sys
+root = sys.argv[1]
+def tensors(run):
+    raw = open(f"{root}/{run}/last.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    return {k: raw[8 + n + v["data_offsets"][0]: 8 + n + v["data_offsets"][1]]
+            for k, v in header.items() if k != "__metadata__"}
+def losses(run):
+    rows = [l.rstrip("\n").split(",") for l in open(f"{root}/{run}/metrics.csv")]
+    return [r[1:2] + r[5:13] for r in rows if r[0] == "train"]
+def compare(a, b):
+    ta, tb = tensors(a), tensors(b)
+    differing = sum(ta[k] != tb.get(k) for k in ta) + len(tb.keys() - ta.keys())
+    return differing == 0 and losses(a) == losses(b), differing, len(losses(a))
+det, nd, steps = compare("plain-a", "plain-b")
+ok, n, _ = compare("plain-a", "nccl-w1")
+print(f"plain vs plain: {'identical' if det else f'{nd} tensors differ'} ({steps} steps)")
+print(f"NCCL world size 1 vs plain: {'identical' if ok else f'{n} tensors differ'}")
+if det and not ok:
+    print("FAILED: the NCCL path changes a deterministic run")
+    sys.exit(1)
+if not det:
+    print("the plain GPU run is not deterministic here, so bit-equality cannot be required")
+EOF
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if [ "${ATTENTION:-0}" = 1 ]; then
   echo "== attention kernels vs PyTorch"

@@ -906,6 +906,31 @@ mod tests {
     }
 
     #[test]
+    fn accumulation_and_lr_scaling() {
+        let base = Config::from_toml("[data]\nroot = \"x\"\n", "a").unwrap();
+        assert_eq!((base.train.accumulate, base.train.lr_scaling), (1, LrScaling::None));
+        // Defaults are not written, so configurations from before these options keep their hash.
+        let toml = base.to_toml().unwrap();
+        assert!(!toml.contains("accumulate") && !toml.contains("lr_scaling"), "{toml}");
+        let c = Config::from_toml(
+            "[data]\nroot = \"x\"\n[train]\naccumulate = 4\nlr_scaling = \"sqrt\"\n",
+            "b",
+        )
+        .unwrap();
+        assert_eq!(c.train.lr_scaling.factor(4), 2.0);
+        assert_eq!(LrScaling::Linear.factor(8), 8.0);
+        assert_eq!(LrScaling::None.factor(8), 1.0);
+        // The accumulation may change on resume; the learning-rate rule may not.
+        let mut same = c.clone();
+        same.train.accumulate = 1;
+        assert_eq!(same.training_hash().unwrap(), c.training_hash().unwrap());
+        same.train.lr_scaling = LrScaling::Linear;
+        assert_ne!(same.training_hash().unwrap(), c.training_hash().unwrap());
+        let bad = Config::from_toml("[data]\nroot = \"x\"\n[train]\naccumulate = 0\n", "c");
+        assert!(format!("{:#}", bad.unwrap_err()).contains("accumulate"));
+    }
+
+    #[test]
     fn sampler_round_trips() {
         let c = Config::from_toml(
             "[data]\nroot = \"x\"\n[train]\nsampler = \"fixed:flair+t1ce\"\n",

@@ -6,6 +6,7 @@ use super::collective::Collective;
 use super::env::DistEnv;
 use super::rendezvous::{rendezvous, Rendezvous};
 use anyhow::{bail, Context, Result};
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use cudarc::nccl::{Comm, Id, ReduceOp};
 use std::sync::Mutex;

@@ -89,13 +89,18 @@ impl<'a> Trainer<'a> {
         let device = open_device(parse_device(&cfg.run.device)?)?;
         set_precision(cfg.run.precision, &device)?;
         // Rank 0 creates the run directory and any synthetic cases; the others then read them.
-        if root {
+        let splits = if root {
             std::fs::create_dir_all(&run_dir)
                 .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-            resolve_data(cfg, &run_dir)?;
-        }
+            Some(resolve_data(cfg, &run_dir)?)
+        } else {
+            None
+        };
         barrier(comm.as_ref(), &device)?;
-        let splits = resolve_data(cfg, &run_dir)?;
+        let splits = match splits {
+            Some(s) => s,
+            None => resolve_data(cfg, &run_dir)?,
+        };
         check_patch_fits(cfg.protocol.patch, &splits.train)?;
         let cache =
             cfg.data
