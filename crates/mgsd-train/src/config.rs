@@ -454,6 +454,19 @@ pub struct LossWeights {
     /// Adversarial term of the student (`bce(D(out_m), 0)`).
     #[serde(default = "one")]
     pub adversarial: f64,
+    /// Warm-up of the distillation: over the first N optimiser steps the weights of the image,
+    /// feature, modality and adversarial terms rise linearly from 0 (step 0: Dice terms only)
+    /// to the values above, so the student learns to segment before it is asked to agree with
+    /// an EMA teacher that is still untrained and before the feature term, 5× the Dice terms'
+    /// pull at the first step (docs/FINDINGS.md §1), dominates. A function of the step alone,
+    /// so resumed runs continue exactly. 0 (the default, the reference): no warm-up; not
+    /// written into `config.toml`, so earlier runs' configuration hash is unchanged.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub warmup_steps: u64,
+}
+
+fn is_zero_u64(x: &u64) -> bool {
+    *x == 0
 }
 
 fn one() -> f64 {
@@ -478,6 +491,7 @@ impl Default for LossWeights {
             modality: 150.0,
             feature: 50.0,
             adversarial: 1.0,
+            warmup_steps: 0,
         }
     }
 }

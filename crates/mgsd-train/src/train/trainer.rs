@@ -12,6 +12,7 @@ use super::{files, git_commit, next_batch, steps_per_epoch, RunOptions, StopReas
 use crate::config::{open_device, parse_device, set_precision, Config};
 use crate::data::{mix, stream, CaseStore, Loader, SampleSource, Splits};
 use crate::eval::{evaluate, EvalSettings};
+use crate::model::loss_weights_at;
 use crate::optim::poly_lr;
 use crate::protocol::{check_patch_fits, train_pipeline};
 use anyhow::{bail, Context, Result};
@@ -205,6 +206,9 @@ impl<'a> Trainer<'a> {
         let (x, y) = next_batch(loader, cfg.train.batch, cfg.protocol.patch, &self.device)?;
         let seed = cfg.train.seed;
         let mask = MaskSampler::new(self.mode, mix(mix(seed, stream::MASK), self.st.step)).draw();
+        if cfg.loss.warmup_steps > 0 {
+            self.st.obj.set_weights(loss_weights_at(cfg, self.st.step));
+        }
         let terms = self.st.obj.step_losses(&x, &y, &mask, true)?;
         let mut vals: BTreeMap<String, f64> =
             terms.values()?.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
