@@ -165,6 +165,7 @@ mod tests {
     #[test]
     fn the_warm_up_ramps_only_the_distillation_terms() {
         let mut cfg = Config::demo().unwrap();
+        cfg.loss.warmup_steps = 0;
         let full = mgsd_config(&cfg, 0).weights;
         assert_eq!(loss_weights_at(&cfg, 0), full);
         cfg.loss.warmup_steps = 100;
