@@ -409,6 +409,13 @@ impl MgsdObjective {
             .store(self.cfg.seed.wrapping_add(DROPOUT_SEEDS_PER_STEP * index), Ordering::Relaxed);
     }
 
+    /// Replaces the loss weights used from the next [`MgsdObjective::step_losses`] on (a
+    /// schedule such as a warm-up of the distillation terms sets them every step). Weights are
+    /// no state: a resumed run sets them again from its step.
+    pub fn set_weights(&mut self, weights: LossWeights) {
+        self.cfg.weights = weights;
+    }
+
     /// The next dropout seed in training mode (see [`DROPOUT_SEEDS_PER_STEP`]).
     fn seed(&self, train: bool) -> Option<u64> {
         train.then(|| self.next_seed.fetch_add(1, Ordering::Relaxed))

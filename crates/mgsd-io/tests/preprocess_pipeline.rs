@@ -107,6 +107,81 @@ proptest! {
     }
 }
 
+/// A 24³ case whose only tumour is a 3³ cube (labels 2 around one voxel of 4) in a corner
+/// region that a uniform 8³ window rarely reaches.
+fn small_tumour_case() -> (Vec<Vec<f32>>, Vec<u8>, [usize; 3]) {
+    let shape = [24, 24, 24];
+    let chans: Vec<Vec<f32>> =
+        (0..4).map(|c| brain_volume(shape, [1, 1, 1], [23, 23, 23], 7 + c)).collect();
+    let mut labels = vec![0u8; 24 * 24 * 24];
+    for x in 18..21 {
+        for y in 2..5 {
+            for z in 18..21 {
+                labels[(x * 24 + y) * 24 + z] = 2;
+            }
+        }
+    }
+    labels[(19 * 24 + 3) * 24 + 19] = 4;
+    (chans, labels, shape)
+}
+
+#[test]
+fn foreground_oversampling_centres_windows_on_tumour_and_replays() {
+    let (chans, labels, shape) = small_tumour_case();
+    let view =
+        CaseView::new(chans.iter().map(|c| Some(c.as_slice())).collect(), shape, Some(&labels))
+            .unwrap();
+    for protocol in [Protocol::Acn, Protocol::Rfnet] {
+        let mut pipe = Pipeline::new(protocol, [8, 8, 8]);
+        // Off (the default): exactly the windows drawn before the option existed.
+        let plain = pipe.analyse(&view).unwrap();
+        assert!(plain.foreground.is_empty());
+        let windows = |pipe: &Pipeline, seed: u64| {
+            let analysis = pipe.analyse(&view).unwrap();
+            pipe.draw(&mut ChaCha8Rng::seed_from_u64(seed), &analysis).unwrap()
+        };
+        let off: Vec<_> = (0..50).map(|s| windows(&pipe, s)).collect();
+        for (s, w) in off.iter().enumerate() {
+            let crop = mgsd_io::preprocess::random_crop(
+                &mut ChaCha8Rng::seed_from_u64(s as u64),
+                plain.base.shape(),
+                [8, 8, 8],
+            )
+            .unwrap();
+            assert_eq!(w.crop, crop);
+        }
+        // Always centred: every patch holds tumour, and both classes are picked.
+        pipe.foreground_fraction = 1.0;
+        let (mut saw_et, mut saw_ed) = (false, false);
+        for seed in 0..200 {
+            let a = pipe.train(&view, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            let b = pipe.train(&view, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            assert_eq!(a, b, "{protocol:?}: the same seed gives the same sample");
+            let l = a.labels.unwrap();
+            assert!(l.iter().any(|&v| v != 0), "{protocol:?}, seed {seed}: no tumour");
+            saw_et |= l.contains(&4);
+            saw_ed |= l.contains(&2);
+        }
+        assert!(saw_et && saw_ed);
+        // A third of the patches: about a third more hold tumour than uniform windows do.
+        pipe.foreground_fraction = 1.0 / 3.0;
+        let holds = |pipe: &Pipeline| {
+            (0..300)
+                .filter(|&s| {
+                    let a = pipe.train(&view, &mut ChaCha8Rng::seed_from_u64(s)).unwrap();
+                    a.labels.unwrap().iter().any(|&v| v != 0)
+                })
+                .count()
+        };
+        let third = holds(&pipe);
+        pipe.foreground_fraction = 0.0;
+        let uniform = holds(&pipe);
+        assert!(third > uniform + 50, "{protocol:?}: {third} vs {uniform} of 300");
+        pipe.foreground_fraction = 1.5;
+        assert!(pipe.draw(&mut ChaCha8Rng::seed_from_u64(0), &plain).is_err());
+    }
+}
+
 #[test]
 fn fused_pipeline_equals_normalise_then_crop() {
     let shape = [20, 18, 16];

@@ -136,3 +136,49 @@ fn invalid_configurations_are_errors() {
         assert!(Synthesizer::new(cfg.clone()).is_err(), "{cfg:?}");
     }
 }
+
+#[test]
+fn patchy_enhancement_changes_only_et_and_hides_it_outside_t1ce() {
+    let shape = [48, 48, 48];
+    let mut total_et = (0usize, 0usize);
+    for seed in 0..4 {
+        let plain = SynthConfig::new(seed, shape);
+        let mut patchy = plain.clone();
+        patchy.tumour.patchy_enhancement = Some(1.0);
+        let a = Synthesizer::new(plain).unwrap().generate("c").unwrap();
+        let b = Synthesizer::new(patchy).unwrap().generate("c").unwrap();
+        let (la, lb) = (a.label.as_ref().unwrap(), b.label.as_ref().unwrap());
+        for (&x, &y) in la.iter().zip(lb) {
+            // Same lesions: WT and TC unchanged; only enhancing voxels may become label 1.
+            assert_eq!(x == 0, y == 0);
+            assert_eq!(x == EDEMA, y == EDEMA);
+            assert!(x == y || (x == ENHANCING && y == NCR_NET));
+        }
+        let et = |l: &[u8]| l.iter().filter(|&&v| v == ENHANCING).count();
+        total_et.0 += et(la);
+        total_et.1 += et(lb);
+        // The non-enhancing rim is the old rim's intensity on T1, T2 and FLAIR (oedema-like)
+        // and oedema-like on T1ce too; the enhancing voxels keep their T1ce brightness.
+        let off: Vec<u8> = la
+            .iter()
+            .zip(lb)
+            .map(|(&x, &y)| if x == ENHANCING && y == NCR_NET { 9 } else { 0 })
+            .collect();
+        if off.contains(&9) {
+            for m in [Modality::T1, Modality::T2, Modality::Flair] {
+                let (x, y) = (&a.images[&m].data, &b.images[&m].data);
+                let (mx, my) = (mean_where(x, &off, 9).0, mean_where(y, &off, 9).0);
+                assert!((mx - my).abs() < 1.0, "{m}: {mx} vs {my}");
+            }
+            let t1ce = &b.images[&Modality::T1ce].data;
+            let (ne, _) = mean_where(t1ce, &off, 9);
+            let (enh, _) = mean_where(t1ce, lb, ENHANCING);
+            let (ed, _) = mean_where(t1ce, lb, EDEMA);
+            assert!(ne < 0.7 * enh && (ne - ed).abs() < 0.25 * ed, "{ne} {enh} {ed}");
+        }
+    }
+    assert!(total_et.1 < total_et.0 && total_et.1 > 0, "{total_et:?}");
+    let mut bad = SynthConfig::new(0, shape);
+    bad.tumour.patchy_enhancement = Some(f32::NAN);
+    assert!(Synthesizer::new(bad).is_err());
+}

@@ -197,6 +197,9 @@ fn main() -> Result<()> {
             }
             let (x, y) = next_batch(&mut loader, batch, cfg.protocol.patch, &device)?;
             let mask = MaskSampler::new(mode, mix(mix(seed, stream::MASK), step)).draw();
+            if cfg.loss.warmup_steps > 0 {
+                obj.set_weights(mgsd_train::model::loss_weights_at(&cfg, step));
+            }
             let terms = obj.step_losses(&x, &y, &mask, true)?;
             if step.is_multiple_of(args.every) || step + 1 == total {
                 let tg = term_gradients(&obj, &terms)?;

@@ -95,6 +95,13 @@ pub struct SyntheticConfig {
     /// Oedema (whole-tumour) radius range in mm (generator default: 22–34 mm). Larger tumours
     /// give the enhancing rim more voxels at coarse demo resolutions.
     pub tumour_radius_mm: Option<[f32; 2]>,
+    /// Patchy enhancement of the rim (mgsd-io's `TumourConfig::patchy_enhancement`; default
+    /// none: the whole rim enhances). `s` in `[0, 4]`: only the parts of the rim where a smooth
+    /// random field exceeds a per-lesion threshold drawn in `[-s, s]` enhance; the rest is
+    /// non-enhancing core that looks like oedema on every sequence, so the enhancing tumour's
+    /// extent is visible only on T1ce instead of following from the necrosis that T2 shows.
+    /// A harder task, not an easier one: the lesions' geometry, WT and TC are unchanged.
+    pub patchy_enhancement: Option<f32>,
 }
 
 fn default_synth_dir() -> PathBuf {
@@ -166,6 +173,19 @@ pub struct ProtocolConfig {
     /// Random flips on each axis during training (p = 0.5).
     #[serde(default = "default_true")]
     pub flips: bool,
+    /// Fraction of training patches centred on a tumour voxel, as nnU-Net oversamples
+    /// foreground (0.33 there): a label drawn uniformly among those the case has (so the
+    /// enhancing tumour is picked as often as the oedema), a voxel of it, the patch centred
+    /// there and kept inside the volume; the other patches are uniform over the volume.
+    /// Drawn from the sample's own seed `(seed, epoch, sample)`, so runs stay reproducible and
+    /// resume exactly. 0 (the default, the literature's uniform crops) is not written into
+    /// `config.toml`, so the configuration hash of earlier runs is unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub foreground_fraction: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn default_patch() -> [usize; 3] {
@@ -190,6 +210,7 @@ impl Default for ProtocolConfig {
             tta: false,
             min_et_voxels: None,
             flips: true,
+            foreground_fraction: 0.0,
         }
     }
 }
@@ -484,6 +505,19 @@ pub struct LossWeights {
     /// Adversarial term of the student (`bce(D(out_m), 0)`).
     #[serde(default = "one")]
     pub adversarial: f64,
+    /// Warm-up of the distillation: over the first N optimiser steps the weights of the image,
+    /// feature, modality and adversarial terms rise linearly from 0 (step 0: Dice terms only)
+    /// to the values above, so the student learns to segment before it is asked to agree with
+    /// an EMA teacher that is still untrained and before the feature term, 5× the Dice terms'
+    /// pull at the first step (docs/FINDINGS.md §1), dominates. A function of the step alone,
+    /// so resumed runs continue exactly. 0 (the default, the reference): no warm-up; not
+    /// written into `config.toml`, so earlier runs' configuration hash is unchanged.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub warmup_steps: u64,
+}
+
+fn is_zero_u64(x: &u64) -> bool {
+    *x == 0
 }
 
 fn one() -> f64 {
@@ -508,6 +542,7 @@ impl Default for LossWeights {
             modality: 150.0,
             feature: 50.0,
             adversarial: 1.0,
+            warmup_steps: 0,
         }
     }
 }
@@ -630,10 +665,18 @@ impl Config {
             if s.shape.iter().any(|&n| n < 16) {
                 bail!("[data.synthetic] shape {:?}: every side must be at least 16", s.shape);
             }
+            if let Some(p) = s.patchy_enhancement {
+                if !(p.is_finite() && (0.0..=4.0).contains(&p)) {
+                    bail!("[data.synthetic] patchy_enhancement = {p} must lie in [0, 4]");
+                }
+            }
         }
         let p = &self.protocol;
         if p.patch.iter().any(|&n| n == 0 || !n.is_multiple_of(8)) {
             bail!("[protocol] patch {:?}: every side must be a positive multiple of 8 (the U-Net downsamples 3 times)", p.patch);
+        }
+        if !(0.0..=1.0).contains(&p.foreground_fraction) {
+            bail!("[protocol] foreground_fraction = {} must lie in [0, 1]", p.foreground_fraction);
         }
         if !(0.0..1.0).contains(&p.overlap) {
             bail!("[protocol] overlap = {} must lie in [0, 1)", p.overlap);
@@ -955,6 +998,33 @@ mod tests {
         assert_eq!(a.training_hash().unwrap(), h);
         a.train.lr *= 2.0;
         assert_ne!(a.training_hash().unwrap(), h);
+    }
+
+    #[test]
+    fn new_options_change_the_hash_only_when_set() {
+        let base = Config::demo().unwrap();
+        let mut a = base.clone();
+        a.protocol.foreground_fraction = 0.0;
+        if let Some(s) = a.data.synthetic.as_mut() {
+            s.patchy_enhancement = None;
+        }
+        let text = a.to_toml().unwrap();
+        assert!(!text.contains("foreground_fraction") && !text.contains("patchy_enhancement"));
+        let h = a.training_hash().unwrap();
+        let mut b = a.clone();
+        b.protocol.foreground_fraction = 0.33;
+        assert_ne!(b.training_hash().unwrap(), h);
+        let mut c = a.clone();
+        if let Some(s) = c.data.synthetic.as_mut() {
+            s.patchy_enhancement = Some(1.0);
+        }
+        assert_ne!(c.training_hash().unwrap(), h);
+        for bad in ["foreground_fraction = 1.5", "foreground_fraction = -0.1"] {
+            let t = text.replace("[protocol]\n", &format!("[protocol]\n{bad}\n"));
+            assert!(Config::from_toml(&t, "test").is_err(), "{bad}");
+        }
+        let t = text.replace("[data.synthetic]\n", "[data.synthetic]\npatchy_enhancement = 9.0\n");
+        assert!(Config::from_toml(&t, "test").is_err());
     }
 
     #[test]

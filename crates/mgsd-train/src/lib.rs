@@ -25,6 +25,7 @@
 //! * [`batch`] — `predict` over a folder of patients, with `summary.csv`.
 //! * [`preview`] — the segmentation preview at physical aspect, with a legend.
 //! * [`logging`] — the binary's log set-up (colour on terminals only, `--quiet`).
+//! * [`demo_summary`] — the embedded demo's three checks of its table, one line each.
 #![warn(missing_docs)]
 
 pub mod batch;
@@ -32,6 +33,7 @@ pub mod checkpoint;
 pub mod compare;
 pub mod config;
 pub mod data;
+pub mod demo_summary;
 pub mod distributed;
 pub mod eval;
 pub mod eval_tables;

@@ -12,6 +12,7 @@ use mgsd_train::batch::{is_batch_output, predict_batch, BatchOptions};
 use mgsd_train::checkpoint;
 use mgsd_train::config::{open_device, parse_device, set_precision, Config};
 use mgsd_train::data::{read_manifest, split_with_file, CaseStore};
+use mgsd_train::demo_summary::DemoSummary;
 use mgsd_train::distributed::evaluate::evaluate_across_ranks;
 use mgsd_train::distributed::{self, Collective, DistEnv, SingleProcess};
 use mgsd_train::eval::{evaluate, EvalSettings, Provenance};
@@ -742,16 +743,9 @@ fn demo(
         report.protocol
     );
     println!("{}", report.dice_table());
-    let et_with: Vec<f64> =
-        report.rows.iter().filter(|r| r.subset.contains("T1ce")).map(|r| r.dice[2]).collect();
-    let et_without: Vec<f64> =
-        report.rows.iter().filter(|r| !r.subset.contains("T1ce")).map(|r| r.dice[2]).collect();
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    println!(
-        "ET Dice with T1ce {:.1} vs without {:.1} (the enhancing tumour is visible only on T1ce)",
-        100.0 * mean(&et_with),
-        100.0 * mean(&et_without)
-    );
+    for line in DemoSummary::of(&report)?.lines() {
+        println!("{line}");
+    }
     println!("full table with HD95: {}", out.run_dir.join("eval.md").display());
     println!(
         "run directory: {} (total {:.1} min)",

@@ -42,6 +42,25 @@ pub fn mgsd_config(cfg: &Config, dropout_seed: u64) -> MgsdConfig {
     }
 }
 
+/// The loss weights at optimiser step `step` (0-based): `[loss]`'s, with the distillation terms
+/// (image, feature, modality, adversarial) scaled by `min(1, step / warmup_steps)` during the
+/// warm-up (`[loss] warmup_steps`).
+pub fn loss_weights_at(cfg: &Config, step: u64) -> LossWeights {
+    let w = mgsd_config(cfg, 0).weights;
+    let n = cfg.loss.warmup_steps;
+    if n == 0 || step >= n {
+        return w;
+    }
+    let f = step as f64 / n as f64;
+    LossWeights {
+        image: w.image * f,
+        modality: w.modality * f,
+        feature: w.feature * f,
+        adversarial: w.adversarial * f,
+        ..w
+    }
+}
+
 /// The variables of a `VarMap`, sorted by name.
 ///
 /// # Errors
@@ -137,4 +156,25 @@ pub fn unet_from_checkpoint(ckpt: &Checkpoint, device: &Device) -> Result<UNet3D
         .collect::<Result<_>>()?;
     UNet3D::new(cfg, VarBuilder::from_tensors(map, DType::F32, device))
         .with_context(|| format!("{}: building the U-Net", ckpt.path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_warm_up_ramps_only_the_distillation_terms() {
+        let mut cfg = Config::demo().unwrap();
+        cfg.loss.warmup_steps = 0;
+        let full = mgsd_config(&cfg, 0).weights;
+        assert_eq!(loss_weights_at(&cfg, 0), full);
+        cfg.loss.warmup_steps = 100;
+        let w0 = loss_weights_at(&cfg, 0);
+        assert_eq!((w0.image, w0.feature, w0.modality, w0.adversarial), (0.0, 0.0, 0.0, 0.0));
+        assert_eq!((w0.sup_full, w0.sup_miss), (full.sup_full, full.sup_miss));
+        let w = loss_weights_at(&cfg, 25);
+        assert_eq!((w.image, w.feature), (0.25 * full.image, 0.25 * full.feature));
+        assert_eq!(loss_weights_at(&cfg, 100), full);
+        assert_eq!(loss_weights_at(&cfg, 1000), full);
+    }
 }

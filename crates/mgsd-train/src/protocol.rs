@@ -235,6 +235,7 @@ pub fn train_pipeline(p: &ProtocolConfig) -> Pipeline {
     if !p.flips {
         pl.flip_probability = 0.0;
     }
+    pl.foreground_fraction = p.foreground_fraction;
     pl
 }
 
@@ -243,6 +244,7 @@ pub fn train_pipeline(p: &ProtocolConfig) -> Pipeline {
 /// way, so the crop does not change intensities.
 pub fn eval_pipeline(p: &ProtocolConfig) -> Pipeline {
     let mut pl = train_pipeline(p);
+    pl.foreground_fraction = 0.0;
     if p.sliding_window() {
         pl.crop_to_brain = Some(pl.crop_to_brain.unwrap_or([0; 3]));
         pl.eval_window = EvalWindow::PadToPatch;

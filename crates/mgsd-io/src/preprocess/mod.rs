@@ -29,5 +29,5 @@ pub use normalize::{
     min_max_params, params as norm_params, z_score_params, z_score_params_in_box, NormParams,
     Normalization,
 };
-pub use patch::{centre_crop, pad_to_patch, random_crop};
+pub use patch::{centre_crop, foreground_crop, pad_to_patch, random_crop};
 pub use protocol::{Analysis, Augmentation, CaseView, EvalWindow, Pipeline, Protocol, Sample};

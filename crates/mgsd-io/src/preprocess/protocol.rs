@@ -15,6 +15,9 @@
 //!
 //! Random parameters are drawn ([`Pipeline::draw`]) separately from their application
 //! ([`Pipeline::apply`]): the same RNG state gives the same [`Augmentation`].
+//!
+//! Training windows are uniform over the grid, or, with [`Pipeline::foreground_fraction`],
+//! that fraction of them is centred on a tumour voxel (nnU-Net's foreground oversampling).
 
 use super::channels::{voxels, Channels};
 use super::crop::CropRecord;
@@ -22,12 +25,12 @@ use super::flip::Flips;
 use super::intensity::{IntensityAugment, IntensityParams};
 use super::mask::{nonzero_mask, BoundingBox};
 use super::normalize::{params, z_score_params_in_box, NormParams, Normalization};
-use super::patch::{centre_crop, pad_to_patch, random_crop};
+use super::patch::{centre_crop, foreground_crop, pad_to_patch, random_crop};
 use crate::buffer::zeroed;
 use crate::case::Case;
 use crate::error::{Error, Result};
 use crate::modality::{Modality, ACN_CHANNEL_ORDER};
-use rand::Rng;
+use rand::{Rng, RngExt};
 use rayon::prelude::*;
 
 /// A borrowed view of a case as model channels: the voxels of each channel (`None` for an
@@ -133,6 +136,13 @@ pub struct Pipeline {
     /// Intensity augmentation in training, applied to non-zero voxels only (so background and
     /// absent modalities stay exactly 0; RFNet applies it everywhere).
     pub intensity: Option<IntensityAugment>,
+    /// Probability that a training window is centred on a tumour voxel (a class drawn
+    /// uniformly among the labels the case has, then a voxel of it: [`foreground_crop`]),
+    /// as nnU-Net oversamples foreground (0.33 there); otherwise the window is uniform over
+    /// the grid. 0 (the default, both protocols' own recipe) draws exactly what it drew
+    /// before this option existed.
+    #[serde(default)]
+    pub foreground_fraction: f64,
 }
 
 impl Pipeline {
@@ -148,6 +158,7 @@ impl Pipeline {
                 eval_window: EvalWindow::CentreCrop,
                 flip_probability: 0.5,
                 intensity: None,
+                foreground_fraction: 0.0,
             },
             Protocol::Rfnet => Pipeline {
                 order: ACN_CHANNEL_ORDER.to_vec(),
@@ -157,6 +168,7 @@ impl Pipeline {
                 eval_window: EvalWindow::PadToPatch,
                 flip_probability: 0.5,
                 intensity: Some(IntensityAugment::default()),
+                foreground_fraction: 0.0,
             },
         }
     }
@@ -208,7 +220,13 @@ impl Pipeline {
             }
             (None, _) => CropRecord::identity(case.shape)?,
         };
-        Ok(Analysis { norm, mask, base })
+        let foreground = match case.labels {
+            Some(labels) if self.foreground_fraction > 0.0 => {
+                foreground_voxels(labels, case.shape, &base)
+            }
+            _ => Vec::new(),
+        };
+        Ok(Analysis { norm, mask, base, foreground })
     }
 
     /// Evaluation preprocessing: normalise, brain crop (if any), evaluation window.
@@ -226,12 +244,25 @@ impl Pipeline {
     }
 
     /// Draws a training augmentation for an analysed case, in a fixed order: the patch
-    /// window, the three flips, then the intensity parameters.
+    /// window (with a foreground fraction, first whether it is centred on tumour), the three
+    /// flips, then the intensity parameters.
     ///
     /// # Errors
-    /// A zero patch, or invalid flip probability or intensity ranges.
+    /// A zero patch, or invalid flip probability, foreground fraction or intensity ranges.
     pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R, analysis: &Analysis) -> Result<Augmentation> {
-        let crop = random_crop(rng, analysis.base.shape(), self.patch)?;
+        let f = self.foreground_fraction;
+        if !(0.0..=1.0).contains(&f) {
+            return Err(Error::InvalidArgument(format!(
+                "foreground fraction {f} must lie in [0, 1]"
+            )));
+        }
+        // Without oversampling no extra number is drawn, so the windows are those of before.
+        let centred = f > 0.0 && rng.random::<f64>() < f;
+        let crop = if centred {
+            foreground_crop(rng, analysis.base.shape(), self.patch, &analysis.foreground)?
+        } else {
+            random_crop(rng, analysis.base.shape(), self.patch)?
+        };
         let flips = if self.flip_probability > 0.0 {
             Flips::draw(rng, self.flip_probability)?
         } else {
@@ -304,6 +335,27 @@ pub struct Analysis {
     pub mask: Option<Vec<bool>>,
     /// Original grid → brain crop (identity without a brain crop).
     pub base: CropRecord,
+    /// Tumour voxels `[x, y, z]` on the brain crop's grid, one list per label (1, 2, 4, then
+    /// any other non-zero label), for foreground-centred windows; empty when the recipe does
+    /// not oversample foreground or the case has no labels.
+    pub foreground: Vec<Vec<[usize; 3]>>,
+}
+
+/// The non-zero voxels of `labels` (on a grid of `shape`) that `base` keeps, on `base`'s output
+/// grid, one list per label value in increasing order.
+fn foreground_voxels(labels: &[u8], shape: [usize; 3], base: &CropRecord) -> Vec<Vec<[usize; 3]>> {
+    let mut by_label: std::collections::BTreeMap<u8, Vec<[usize; 3]>> = Default::default();
+    let [_, ny, nz] = shape;
+    let (lo, hi) = base.valid_box();
+    let offset = base.offset();
+    for (v, &l) in labels.iter().enumerate().filter(|(_, &l)| l != 0) {
+        let idx = [v / (ny * nz), (v / nz) % ny, v % nz];
+        if (0..3).all(|a| lo[a] <= idx[a] && idx[a] < hi[a]) {
+            let local = [0, 1, 2].map(|a| (idx[a] as isize - offset[a]) as usize);
+            by_label.entry(l).or_default().push(local);
+        }
+    }
+    by_label.into_values().collect()
 }
 
 /// The random part of a training run (or the fixed window of an evaluation run).

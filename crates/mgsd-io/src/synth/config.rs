@@ -93,6 +93,16 @@ pub struct TumourConfig {
     pub irregularity: f32,
     /// Tumour grade.
     pub grade: Grade,
+    /// Patchy enhancement of the HGG core's rim. `None` (the default): the whole rim between
+    /// the necrosis and the core's outer surface enhances, so its geometry follows from the
+    /// necrosis that T2 shows. `Some(s)`: as in real gliomas, only parts of the rim enhance: a
+    /// smooth random field (unit standard deviation, wavelengths 15–40 mm, its own random
+    /// stream, so the lesions' geometry is unchanged) decides where, against a threshold drawn
+    /// per lesion uniformly in `[-s, s]`, so how much of the rim enhances varies from case to
+    /// case (`s = 1`: roughly 16 % to 84 %). The rest of the rim is non-enhancing tumour core
+    /// (label 1) that looks like oedema on every sequence, T1ce included, so where and how much
+    /// of the tumour enhances can only be seen on T1ce. Within `0..=4`.
+    pub patchy_enhancement: Option<f32>,
 }
 
 impl Default for TumourConfig {
@@ -104,6 +114,7 @@ impl Default for TumourConfig {
             necrosis_fraction: (0.45, 0.7),
             irregularity: 0.25,
             grade: Grade::Hgg,
+            patchy_enhancement: None,
         }
     }
 }
@@ -168,6 +179,11 @@ impl SynthConfig {
                 return bad(format!(
                     "{name} range ({lo}, {hi}) must satisfy {min} <= lo <= hi <= {max}"
                 ));
+            }
+        }
+        if let Some(s) = t.patchy_enhancement {
+            if !(s.is_finite() && (0.0..=4.0).contains(&s)) {
+                return bad(format!("patchy_enhancement = {s} must be within [0, 4]"));
             }
         }
         if t.count.0 > t.count.1 || t.count.1 > 16 {

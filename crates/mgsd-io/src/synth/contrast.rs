@@ -6,6 +6,7 @@
 //! * enhancing tumour is bright **only** on T1ce; on T1, T2 and FLAIR it looks like oedema;
 //! * oedema is bright on T2 and FLAIR; CSF is bright on T2 but dark on FLAIR;
 //! * necrosis is dark on T1/T1ce and bright on T2;
+//! * non-enhancing parts of a patchy rim (label 1) look like oedema everywhere, T1ce included;
 //! * on T1 the whole tumour is mildly hypointense.
 
 use super::anatomy::{TissueMaps, CSF, GM, WM};
@@ -79,7 +80,7 @@ pub(crate) fn render(
                 let tex = 1.0 + 0.06 * tum.texture.at(p).clamp(-2.5, 2.5);
                 match label {
                     ENHANCING => table[ET] * tex,
-                    NCR_NET => table[NCR] * tex,
+                    NCR_NET if !tum.non_enhancing[g] => table[NCR] * tex,
                     _ => healthy + (table[ED] * tex - healthy) * ew,
                 }
             };

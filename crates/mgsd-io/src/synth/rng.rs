@@ -19,6 +19,8 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
 pub(crate) mod stage {
     pub const ANATOMY: u64 = 1;
     pub const TUMOUR: u64 = 2;
+    /// Which parts of each lesion's rim enhance (only with patchy enhancement).
+    pub const ENHANCEMENT: u64 = 3;
     /// Modality `m` uses `MODALITY + m`.
     pub const MODALITY: u64 = 16;
     /// Noise of modality `m`, x-slab `i` uses `mix(NOISE + m, i)`.

@@ -3,7 +3,9 @@
 //! inside the brain.
 //!
 //! Each part is a star-shaped blob whose radius is perturbed by a smooth random field, so
-//! boundaries are irregular but nested: necrosis ⊂ core ⊂ oedema.
+//! boundaries are irregular but nested: necrosis ⊂ core ⊂ oedema. With patchy enhancement
+//! ([`TumourConfig::patchy_enhancement`]) a further field decides which parts of the rim
+//! between the necrosis and the core's surface enhance; the others are non-enhancing core.
 
 use super::anatomy::TissueMaps;
 use super::config::{Grade, TumourConfig};
@@ -23,6 +25,9 @@ pub(crate) struct TumourMap {
     pub edema_weight: Vec<f32>,
     /// Intensity heterogeneity inside the tumour (unit-variance field).
     pub texture: WaveField,
+    /// Voxels of non-enhancing rim (label 1, but oedema-like on every sequence); all `false`
+    /// without patchy enhancement.
+    pub non_enhancing: Vec<bool>,
 }
 
 struct Lesion {
@@ -32,6 +37,8 @@ struct Lesion {
     necrosis: f32,
     edema_field: WaveField,
     core_field: WaveField,
+    /// Patchy enhancement: the rim enhances where this field exceeds the threshold.
+    enhancement: Option<(WaveField, f32)>,
 }
 
 /// Picks a brain voxel at least `margin` mm inside the brain along the six axis directions.
@@ -88,6 +95,9 @@ pub(crate) fn paint(seed: u64, cfg: &TumourConfig, t: &TissueMaps) -> TumourMap 
     } else {
         cfg.count.0
     };
+    // A stream of its own, so patchy enhancement leaves every other draw (and so the lesions'
+    // geometry and labels other than ET) exactly as without it.
+    let mut enh_rng = stream(seed, stage::ENHANCEMENT);
     let mut lesions = Vec::with_capacity(count);
     for _ in 0..count {
         // Keep every part at least ~1.5 voxels thick so small grids still show all classes.
@@ -105,16 +115,36 @@ pub(crate) fn paint(seed: u64, cfg: &TumourConfig, t: &TissueMaps) -> TumourMap 
         let centre = pick_centre(&mut rng, t, core).unwrap_or_else(|| brain_centroid(t));
         let edema_field = WaveField::new(&mut rng, 6, 15.0, 45.0);
         let core_field = WaveField::new(&mut rng, 6, 12.0, 35.0);
-        lesions.push(Lesion { centre, edema, core, necrosis, edema_field, core_field });
+        let enhancement = match (cfg.grade, cfg.patchy_enhancement) {
+            (Grade::Hgg, Some(spread)) => {
+                let field = WaveField::new(&mut enh_rng, 6, 15.0, 40.0);
+                Some((field, uniform(&mut enh_rng, -spread, spread)))
+            }
+            _ => None,
+        };
+        lesions.push(Lesion {
+            centre,
+            edema,
+            core,
+            necrosis,
+            edema_field,
+            core_field,
+            enhancement,
+        });
     }
 
     let [_, ny, nz] = t.shape;
     let n = t.brain.len();
     let mut labels = vec![0u8; n];
     let mut edema_weight = vec![0.0f32; n];
+    let mut non_enhancing = vec![false; n];
     let irr = cfg.irregularity;
-    labels.par_chunks_mut(ny * nz).zip(edema_weight.par_chunks_mut(ny * nz)).enumerate().for_each(
-        |(i, (lab, ew))| {
+    labels
+        .par_chunks_mut(ny * nz)
+        .zip(edema_weight.par_chunks_mut(ny * nz))
+        .zip(non_enhancing.par_chunks_mut(ny * nz))
+        .enumerate()
+        .for_each(|(i, ((lab, ew), ne))| {
             for les in &lesions {
                 let reach = les.edema * (1.0 + 2.5 * irr) + voxel;
                 let dx = (i as f32 + 0.5) * t.spacing[0] - les.centre[0];
@@ -144,12 +174,17 @@ pub(crate) fn paint(seed: u64, cfg: &TumourConfig, t: &TissueMaps) -> TumourMap 
                         let r_nec = les.necrosis * (1.0 + 0.6 * irr * fc);
                         let w = ramp(r_edema - d, voxel).max(if d < r_core { 1.0 } else { 0.0 });
                         ew[v] = ew[v].max(w);
+                        let mut rim_off = false;
                         let label = if d < r_nec {
                             NCR_NET
                         } else if d < r_core {
-                            match cfg.grade {
-                                Grade::Hgg => ENHANCING,
-                                Grade::Lgg => NCR_NET,
+                            match (cfg.grade, &les.enhancement) {
+                                (Grade::Hgg, Some((field, tau))) if field.at(p) <= *tau => {
+                                    rim_off = true;
+                                    NCR_NET
+                                }
+                                (Grade::Hgg, _) => ENHANCING,
+                                (Grade::Lgg, _) => NCR_NET,
                             }
                         } else if d < r_edema {
                             EDEMA
@@ -164,11 +199,11 @@ pub(crate) fn paint(seed: u64, cfg: &TumourConfig, t: &TissueMaps) -> TumourMap 
                         };
                         if rank(label) > rank(lab[v]) {
                             lab[v] = label;
+                            ne[v] = rim_off;
                         }
                     }
                 }
             }
-        },
-    );
-    TumourMap { labels, edema_weight, texture }
+        });
+    TumourMap { labels, edema_weight, texture, non_enhancing }
 }

@@ -64,6 +64,7 @@ fn synthetic_splits(s: &crate::config::SyntheticConfig, base: &Path) -> Result<S
         if let Some([lo, hi]) = s.tumour_radius_mm {
             sc.tumour.edema_radius_mm = (lo, hi);
         }
+        sc.tumour.patchy_enhancement = s.patchy_enhancement;
         mgsd_io::synth::write_dataset(&root, total, &sc)
             .with_context(|| format!("generating synthetic cases in {}", root.display()))?;
         std::fs::write(&marker, total.to_string())

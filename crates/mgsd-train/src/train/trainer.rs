@@ -20,6 +20,7 @@ use crate::distributed::evaluate::evaluate_across_ranks;
 use crate::distributed::gradients::GradientSum;
 use crate::distributed::{Collective, Sharding};
 use crate::eval::EvalSettings;
+use crate::model::loss_weights_at;
 use crate::optim::poly_lr;
 use crate::protocol::{check_patch_fits, train_pipeline};
 use anyhow::{bail, Context, Result};
@@ -264,6 +265,9 @@ impl<'a> Trainer<'a> {
             bail!("injected failure at step {} (RunOptions::fail_at)", self.st.step + 1);
         }
         let t_step = Instant::now();
+        if cfg.loss.warmup_steps > 0 {
+            self.st.obj.set_weights(loss_weights_at(cfg, self.st.step));
+        }
         let m = self.shard.micro_batches();
         let mut grads = GradientSum::new(self.st.opt.vars());
         let mut grads_d = self.st.opt_d.as_ref().map(|o| GradientSum::new(o.vars()));
