@@ -5,6 +5,7 @@
 //! Dice table of all 15 modality subsets on held-out test cases.
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::{Parser, Subcommand};
 use mgsd_io::{Modality, ModalitySet};
 use mgsd_nn::ConvPrecision;
@@ -290,7 +291,8 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(a) = accumulate {
                 cfg.train.accumulate = a as usize;
             }
-            let (comm, root) = join_job(&mut cfg.run.device)?;
+            // The trainer opens the rank's device itself, from `cfg.run.device`.
+            let (comm, root, _) = join_job(&mut cfg.run.device)?;
             sigint::install();
             let opts = RunOptions {
                 resume,
@@ -350,8 +352,11 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             // Under a launcher the cases are split over the ranks; rank 0 writes the tables.
             let mut device_name = cli.device.clone().unwrap_or_else(|| "cpu".into());
-            let (comm, root) = join_job(&mut device_name)?;
-            let device = open_device(parse_device(&device_name)?)?;
+            let (comm, root, joined) = join_job(&mut device_name)?;
+            let device = match joined {
+                Some(d) => d,
+                None => open_device(parse_device(&device_name)?)?,
+            };
             set_precision(cli.precision.unwrap_or_default(), &device)?;
             let ckpt = checkpoint::load(&checkpoint, &device)?;
             let unet = unet_from_checkpoint(&ckpt, &device)?;
@@ -558,19 +563,20 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// This process's place in a data-parallel job (from RANK, WORLD_SIZE, …; none: a plain run):
-/// its collective and whether it is rank 0. `device` (the configured one) becomes the rank's
-/// own (`cuda:LOCAL_RANK`).
-fn join_job(device: &mut String) -> Result<(Arc<dyn Collective>, bool)> {
+/// its collective, whether it is rank 0, and the device it opened to join the job (none for a
+/// plain run). `device` (the configured one) becomes the rank's own (`cuda:LOCAL_RANK`).
+fn join_job(device: &mut String) -> Result<(Arc<dyn Collective>, bool, Option<Device>)> {
     let Some(env) = DistEnv::from_env()? else {
-        return Ok((Arc::new(SingleProcess), true));
+        return Ok((Arc::new(SingleProcess), true, None));
     };
     let spec = distributed::rank_device(&env, parse_device(device)?)?;
     *device = match spec {
         mgsd_train::config::DeviceSpec::Cpu => "cpu".into(),
         mgsd_train::config::DeviceSpec::Cuda(n) => format!("cuda:{n}"),
     };
-    let comm = distributed::connect(&env, &open_device(spec)?)?;
-    Ok((comm, env.rank == 0))
+    let opened = open_device(spec)?;
+    let comm = distributed::connect(&env, &opened)?;
+    Ok((comm, env.rank == 0, Some(opened)))
 }
 
 /// `check-ranks`: the rendezvous (and with a CUDA device, one NCCL all-reduce) of every rank.

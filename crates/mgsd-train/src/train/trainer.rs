@@ -269,6 +269,10 @@ impl<'a> Trainer<'a> {
             self.st.obj.set_weights(loss_weights_at(cfg, self.st.step));
         }
         let m = self.shard.micro_batches();
+        // The masks of all `m` micro-batches of this step, this rank's and the others' (the
+        // metrics row names them all), drawn once.
+        let first = self.st.step * m as u64;
+        let masks: Vec<ModalityMask> = (0..m as u64).map(|i| self.mask(first + i)).collect();
         let mut grads = GradientSum::new(self.st.opt.vars());
         let mut grads_d = self.st.opt_d.as_ref().map(|o| GradientSum::new(o.vars()));
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
@@ -276,7 +280,8 @@ impl<'a> Trainer<'a> {
             let index = self.shard.micro_index(self.st.step, a);
             let (x, y) = next_batch(loader, cfg.train.batch, cfg.protocol.patch, &self.device)?;
             self.st.obj.seek_dropout_seeds(index);
-            let terms = self.st.obj.step_losses(&x, &y, &self.mask(index), true)?;
+            let mask = &masks[(index - first) as usize];
+            let terms = self.st.obj.step_losses(&x, &y, mask, true)?;
             for (k, v) in terms.values()? {
                 *sums.entry(k.to_string()).or_default() += v;
             }
@@ -320,9 +325,9 @@ impl<'a> Trainer<'a> {
             }
             vals.insert(D_LOSS.into(), d);
         }
-        let masks: Vec<String> = (0..m as u64)
-            .map(|i| {
-                let mask = self.mask(self.st.step * m as u64 + i);
+        let masks: Vec<String> = masks
+            .iter()
+            .map(|mask| {
                 ModalitySet::from_channel_mask(&mask.values(), &mgsd_io::ACN_CHANNEL_ORDER)
                     .to_string()
             })
